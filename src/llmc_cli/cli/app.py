@@ -1,0 +1,68 @@
+"""The ``llmc`` command: assembles the subcommands and owns the one error handler.
+
+Known errors print as one paragraph (what, where, fix) and exit with their code; any
+other exception prints one line and exits 1, unless LLMC_DEBUG=1 asks for the traceback.
+Tracebacks never show local variables.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from llmc_cli import __version__
+from llmc_cli.cli import presets, train
+from llmc_cli.errors import LlmcError
+
+app = typer.Typer(
+    name="llmc",
+    help="Fine-tune open causal language models with LoRA / QLoRA: fast, observable, hard to break.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+)
+app.command(name="train")(train.train)
+app.add_typer(presets.app, name="presets")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"llmc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """llmc: fine-tune causal LMs with LoRA."""
+
+
+def main() -> None:
+    """Entry point of the ``llmc`` script."""
+    err = Console(stderr=True, highlight=False)
+    debug = os.environ.get("LLMC_DEBUG", "") not in ("", "0", "false")
+    try:
+        app()
+    except LlmcError as exc:
+        if debug:
+            raise
+        err.print(f"[bold red]{exc.title}:[/] {exc.message}", soft_wrap=True)
+        if exc.hint:
+            err.print(f"[bold]Fix:[/] {exc.hint}", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("Interrupted.")
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        err.print(
+            f"[bold red]Internal error:[/] {type(exc).__name__}: {exc}\n"
+            "This is a bug in llmc. Run again with LLMC_DEBUG=1 to see the traceback, and report it.",
+            soft_wrap=True,
+        )
+        sys.exit(1)

@@ -1,0 +1,115 @@
+"""``llmc train``: build the config from flags, run the engine, render the outcome."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+
+from llmc_cli.cli.options import ConfigOpt, DataOpt, ModelOpt, PresetOpt
+from llmc_cli.config.schema import DataFormat, Overlong, Precision, Quantize, describe
+
+
+def _opt(key: str, *names: str, **kwargs):
+    return typer.Option(*names, help=describe(key), show_default=False, **kwargs)
+
+
+def train(
+    data: DataOpt = None,
+    model: ModelOpt = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Train a locally built demo model on bundled data (no download).")
+    ] = False,
+    epochs: Annotated[float | None, _opt("epochs", "--epochs")] = None,
+    max_steps: Annotated[int | None, _opt("max_steps", "--max-steps")] = None,
+    lr: Annotated[float | None, _opt("lr", "--lr")] = None,
+    batch_size: Annotated[int | None, _opt("batch_size", "--batch-size")] = None,
+    grad_accum: Annotated[int | None, _opt("grad_accum", "--grad-accum")] = None,
+    max_length: Annotated[int | None, _opt("max_length", "--max-length")] = None,
+    lora_r: Annotated[int | None, _opt("lora_r", "--lora-r")] = None,
+    lora_alpha: Annotated[float | None, _opt("lora_alpha", "--lora-alpha")] = None,
+    lora_dropout: Annotated[float | None, _opt("lora_dropout", "--lora-dropout")] = None,
+    target_modules: Annotated[str | None, _opt("target_modules", "--target-modules")] = None,
+    quantize: Annotated[Quantize | None, _opt("quantize", "--quantize")] = None,
+    precision: Annotated[Precision | None, _opt("precision", "--precision")] = None,
+    data_format: Annotated[DataFormat | None, _opt("format", "--format")] = None,
+    overlong: Annotated[Overlong | None, _opt("overlong", "--overlong")] = None,
+    limit: Annotated[int | None, _opt("limit", "--limit")] = None,
+    val_data: Annotated[Path | None, _opt("val_data", "--val-data")] = None,
+    eval_every: Annotated[int | None, _opt("eval_every", "--eval-every")] = None,
+    seed: Annotated[int | None, _opt("seed", "--seed")] = None,
+    output: Annotated[Path | None, _opt("output", "--output", "-o")] = None,
+    run_name: Annotated[str | None, _opt("run_name", "--run-name")] = None,
+    train_on_prompt: Annotated[bool | None, _opt("train_on_prompt", "--train-on-prompt/--no-train-on-prompt")] = None,
+    packing: Annotated[bool | None, _opt("packing", "--packing/--no-packing")] = None,
+    merge: Annotated[bool | None, _opt("merge", "--merge/--no-merge")] = None,
+) -> None:
+    """Fine-tune a model with LoRA on a data file.
+
+    Examples:
+
+      llmc train --demo
+
+      llmc train --data train.jsonl --model ./TinyLlama-1.1B-Chat --preset highspeed
+
+      llmc train --data chat.jsonl --model qwen --preset bestaccuracy --quantize 4bit --merge
+    """
+    flags = {
+        "data": data, "model": model, "preset": preset, "epochs": epochs, "max_steps": max_steps, "lr": lr,
+        "batch_size": batch_size, "grad_accum": grad_accum, "max_length": max_length, "lora_r": lora_r,
+        "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "target_modules": target_modules,
+        "quantize": quantize, "precision": precision, "format": data_format, "overlong": overlong, "limit": limit,
+        "val_data": val_data, "eval_every": eval_every, "seed": seed, "output": output, "run_name": run_name,
+        "train_on_prompt": train_on_prompt, "packing": packing, "merge": merge,
+    }  # fmt: skip
+    console = Console()
+    with console.status("Loading the training engine..."):
+        _quiet_libraries()
+        from llmc_cli import FineTuner
+        from llmc_cli.monitor.progress import PlainLog, RichProgress
+
+    tuner = FineTuner(config_file=config, demo=demo, **flags)
+    with console.status("Checking configuration, data and model..."):
+        tuner.plan()
+    tuner.subscribe(RichProgress(console) if console.is_terminal else PlainLog(console))
+    run_dir = tuner.train()
+    _render_summary(console, run_dir)
+
+
+def _quiet_libraries() -> None:
+    """Silence library progress bars and deprecation chatter; llmc reports what matters."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _render_summary(console: Console, run_dir: Path) -> None:
+    import json
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+
+    def loss(key: str) -> str:
+        return f"{summary[key]:.4f}" if summary.get(key) is not None else "n/a"
+
+    lines = [
+        f"Run:        {run_dir}",
+        f"Adapter:    {summary['adapter_dir']}  (PeftModel.from_pretrained loads it)",
+        f"Eval loss:  {loss('initial_eval_loss')} at step 0 -> {loss('final_eval_loss')} "
+        f"after {summary['steps']} steps",
+        f"Train loss: {loss('final_train_loss')} (last logged)",
+        f"Time:       {summary['train_time_s']:.1f} s training, {summary['tokens_per_s']:,.0f} tokens/s, "
+        f"peak RSS {summary['peak_rss_mb']:,.0f} MB",
+        f"Precision:  {summary['precision']} ({summary['precision_reason']})",
+    ]
+    if summary.get("merged_dir"):
+        lines.append(f"Merged:     {summary['merged_dir']}")
+    console.print(Panel("\n".join(lines), title="llmc: training complete", expand=False), highlight=False)

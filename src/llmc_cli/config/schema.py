@@ -1,0 +1,206 @@
+"""The run configuration: one pydantic model per concern, composed into a frozen RunConfig.
+
+Every key has one flat name (``lora_r``, ``lr``, ``checkpoint_interval``) used alike by
+CLI flags, ``llmc.toml``, ``LLMC_*`` environment variables and ``config.json``; names are
+unique across sections so the flat and nested views map one to one. Field descriptions
+feed ``--help``, ``llmc presets show`` and ``llmc.toml.example``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+PresetName = Literal["highspeed", "quality", "bestaccuracy"]
+PRESET_NAMES: tuple[str, ...] = ("highspeed", "quality", "bestaccuracy")
+DataFormat = Literal["auto", "alpaca", "prompt_completion", "qa", "chat", "text"]
+Quantize = Literal["none", "8bit", "4bit"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+Overlong = Literal["truncate", "drop"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ModelSettings(_Section):
+    """Which model to adapt and how to hold it in memory."""
+
+    model: str = Field(
+        "auto",
+        description="Local Hugging Face directory, hub id, family alias (tinyllama, phi, mistral, qwen) "
+        "or 'auto' (picked from the detected hardware).",
+    )
+    quantize: Quantize = Field(
+        "none", description="Load the frozen base weights in 8 or 4 bits (QLoRA, bitsandbytes)."
+    )
+    precision: Precision = Field(
+        "auto",
+        description="Compute precision; 'auto' picks bf16 where the GPU or CPU has native bf16 "
+        "math, fp16 with loss scaling on older GPUs, fp32 otherwise.",
+    )
+    enable_mixed_precision: bool = Field(True, description="Set false to force fp32 everywhere.")
+    enable_gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
+        description="Recompute activations in backward to save memory; 'auto' turns it on for "
+        "models of 1B parameters or more.",
+    )
+    compile_model: bool = Field(False, description="torch.compile the model (recorded; used by the speed work).")
+    optimize_memory: bool = Field(True, description="Free memory aggressively between phases (recorded).")
+
+
+class DataSettings(_Section):
+    """Where the examples come from and how they become token sequences."""
+
+    data: Path | None = Field(None, description="Training data: .jsonl, .json, .csv or .parquet.")
+    val_data: Path | None = Field(
+        None, description="Validation data; without it a split is held out from --data."
+    )
+    format: DataFormat = Field(
+        "auto",
+        description="Example format: alpaca, prompt_completion, qa, chat (messages or ShareGPT "
+        "conversations), text; 'auto' detects it from the fields.",
+    )
+    max_length: int = Field(1024, ge=16, le=131072, description="Longest token sequence trained on.")
+    overlong: Overlong = Field(
+        "truncate", description="What to do with examples longer than max_length."
+    )
+    limit: int | None = Field(None, ge=1, description="Use only the first N training examples.")
+    train_on_prompt: bool = Field(
+        False, description="Also compute the loss on prompt tokens (default: response tokens only)."
+    )
+    packing: bool = Field(
+        True,
+        description="Pack several examples into each sequence, with attention kept within each example.",
+    )
+
+
+class LoraSettings(_Section):
+    """The low-rank adapter trained on top of the frozen model."""
+
+    lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: str | tuple[str, ...] = Field(
+        "all-linear",
+        description="Modules to adapt: 'all-linear' or a comma-separated list such as q_proj,v_proj.",
+    )
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip() != "all-linear":
+            value = [part for part in (p.strip() for p in value.split(",")) if part]
+        if isinstance(value, list | tuple):
+            if not value:
+                raise ValueError("name at least one module, or use all-linear")
+            return tuple(value)
+        return value.strip() if isinstance(value, str) else value
+
+
+class TrainingSettings(_Section):
+    """The optimisation schedule."""
+
+    epochs: float = Field(3.0, gt=0, le=1000, description="Passes over the training data.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
+    )
+    lr: float = Field(2e-4, gt=0, lt=1.0, description="Peak learning rate (AdamW).")
+    batch_size: int = Field(4, ge=1, le=4096, description="Sequences per micro-batch.")
+    grad_accum: int = Field(4, ge=1, le=4096, description="Micro-batches per optimizer step.")
+    warmup_ratio: float = Field(0.03, ge=0.0, le=0.5, description="Fraction of steps spent warming up.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate decay after warmup."
+    )
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Clip the gradient norm to this value.")
+    eval_every: int | None = Field(
+        None, ge=1, description="Evaluate every N steps (default: about ten times per run)."
+    )
+    log_every: int = Field(1, ge=1, description="Log metrics every N optimizer steps.")
+    seed: int = Field(42, ge=0, description="Seed for data order, dropout and initialisation.")
+
+
+class RunSettings(_Section):
+    """Where results go and the run-level switches of the specification."""
+
+    preset: PresetName = Field("quality", description="highspeed, quality or bestaccuracy.")
+    output: Path = Field(Path("runs"), description="Folder that holds the run directories.")
+    run_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Name of the run directory (default run-N)."
+    )
+    merge: bool = Field(False, description="Also write merged full weights next to the adapter.")
+    enable_monitoring: bool = Field(True, description="Collect and show training metrics.")
+    checkpoint_interval: int = Field(100, ge=1, description="Save a checkpoint every N steps (recorded).")
+    max_checkpoints: int = Field(5, ge=1, description="Checkpoints to keep (recorded).")
+    enable_early_stopping: bool = Field(False, description="Stop when eval loss stops improving (recorded).")
+    early_stopping_patience: int = Field(5, ge=1, description="Evaluations without improvement (recorded).")
+    enable_hyperparameter_tuning: bool = Field(False, description="Tune before training (recorded).")
+    hyperparameter_trials: int = Field(10, ge=1, description="Optuna trials when tuning (recorded).")
+    enable_distributed_training: bool = Field(
+        False, description="Expect to run under accelerate launch / torchrun (recorded)."
+    )
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "model": ModelSettings,
+    "data": DataSettings,
+    "lora": LoraSettings,
+    "training": TrainingSettings,
+    "run": RunSettings,
+}
+FIELD_SECTION: dict[str, str] = {
+    name: section for section, cls in SECTIONS.items() for name in cls.model_fields
+}
+# Environment names from the specification, read with and without the LLMC_ prefix.
+SPEC_ENV_KEYS: tuple[str, ...] = (
+    "enable_monitoring",
+    "checkpoint_interval",
+    "max_checkpoints",
+    "enable_early_stopping",
+    "early_stopping_patience",
+    "enable_mixed_precision",
+    "enable_gradient_checkpointing",
+    "optimize_memory",
+    "compile_model",
+    "enable_hyperparameter_tuning",
+    "hyperparameter_trials",
+    "enable_distributed_training",
+)
+
+
+class RunConfig(BaseModel):
+    """The fully resolved, immutable configuration of one run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: ModelSettings = ModelSettings()
+    data: DataSettings = DataSettings()
+    lora: LoraSettings = LoraSettings()
+    training: TrainingSettings = TrainingSettings()
+    run: RunSettings = RunSettings()
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> RunConfig:
+        """Build from flat keys; unknown keys raise a pydantic ValidationError."""
+        nested: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+        for key, value in flat.items():
+            nested.setdefault(FIELD_SECTION.get(key, "__unknown__"), {})[key] = value
+        return cls.model_validate(nested)
+
+    def flat(self) -> dict[str, Any]:
+        """All keys in one flat dict of JSON-friendly values."""
+        dumped = self.model_dump(mode="json")
+        return {key: value for section in SECTIONS for key, value in dumped[section].items()}
+
+    def with_updates(self, **changes: Any) -> RunConfig:
+        """A validated copy with some flat keys changed."""
+        return RunConfig.from_flat({**self.flat(), **changes})
+
+
+def describe(key: str) -> str:
+    """The description of a flat key, for help texts and generated docs."""
+    field = SECTIONS[FIELD_SECTION[key]].model_fields[key]
+    return field.description or ""

@@ -1,0 +1,136 @@
+"""Typed events and the queue that carries them from the training loop to its consumers.
+
+The loop only calls :meth:`EventBus.emit`, which enqueues and returns at once; one
+dispatcher thread hands each event, in order, to every subscriber. A subscriber that
+raises is reported once on stderr and dropped; training never stops for a display.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base class; ``time`` is the wall-clock time of emission."""
+
+    time: float = field(default_factory=time.time, kw_only=True)
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.kind, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    run_dir: str
+    model: str
+    family: str
+    precision: str
+    device: str
+    total_steps: int
+    steps_per_epoch: int
+    train_examples: int
+    val_examples: int
+    train_rows: int
+    trainable_params: int
+    total_params: int
+
+
+@dataclass(frozen=True)
+class StepEnded(Event):
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens: int  # non-padding tokens in this logging interval
+    target_tokens: int
+    examples: int
+    tokens_per_s: float
+    examples_per_s: float
+    elapsed_s: float
+    eta_s: float
+
+
+@dataclass(frozen=True)
+class EvalEnded(Event):
+    step: int
+    eval_loss: float
+    perplexity: float
+    tokens: int
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class TrainingWarning(Event):
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RunEnded(Event):
+    status: str  # "completed", "interrupted" or "failed"
+    run_dir: str
+    adapter_dir: str | None
+    summary: dict[str, Any]
+
+
+Subscriber = Callable[[Event], None]
+_STOP = object()
+
+
+class EventBus:
+    """A queue between the loop (producer) and subscribers (consumers)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._subscribers: list[Subscriber] = []
+        self._thread: threading.Thread | None = None
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Add a consumer; call before :meth:`start`."""
+        self._subscribers.append(subscriber)
+
+    def start(self) -> EventBus:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._dispatch, name="llmc-events", daemon=True)
+            self._thread.start()
+        return self
+
+    def emit(self, event: Event) -> None:
+        """Enqueue an event; never blocks the caller on a consumer."""
+        self._queue.put(event)
+
+    def close(self) -> None:
+        """Deliver everything queued, then stop the dispatcher."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> EventBus:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _dispatch(self) -> None:
+        while (event := self._queue.get()) is not _STOP:
+            for subscriber in list(self._subscribers):
+                try:
+                    subscriber(event)
+                except Exception as exc:  # a broken consumer must not stop training
+                    self._subscribers.remove(subscriber)
+                    print(f"llmc: event consumer {subscriber!r} failed and was detached: {exc}", file=sys.stderr)

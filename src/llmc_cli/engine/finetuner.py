@@ -1,0 +1,143 @@
+"""The public engine API: ``FineTuner(data_path, model="auto", preset="quality").train()``."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from llmc_cli.engine.events import EventBus, RunEnded, Subscriber
+from llmc_cli.engine.interrupt import StopRequest
+from llmc_cli.engine.plan import RunPlan, plan_run, user_layers
+from llmc_cli.engine.rundir import create_run_dir, write_json
+from llmc_cli.errors import LlmcError
+
+
+class FineTuner:
+    """Fine-tune a causal LM with LoRA and write a run directory.
+
+    Args:
+        data_path: Training data (.jsonl, .json, .csv, .parquet).
+        model: Local folder, hub id, family alias or "auto" (default when None).
+        preset: "highspeed", "quality" (default when None) or "bestaccuracy".
+        config_file: An ``llmc.toml`` to layer under the arguments.
+        env_file: A ``.env`` file to read (None to skip).
+        demo: Use the bundled demo data and a locally built model.
+        **overrides: Any config key (``lr=1e-4``, ``max_steps=30``, ``lora_r=8`` ...).
+
+    Example:
+        >>> run_dir = FineTuner("data.jsonl", model="./tiny-llama", preset="highspeed", max_steps=30).train()
+    """
+
+    def __init__(
+        self,
+        data_path: str | Path | None = None,
+        model: str | None = None,
+        preset: str | None = None,
+        *,
+        config_file: str | Path | None = None,
+        env_file: str | Path | None = ".env",
+        demo: bool = False,
+        **overrides: Any,
+    ) -> None:
+        flags = {"data": data_path, "model": model, "preset": preset, **overrides}
+        self._layers = user_layers(
+            flags,
+            config_file=Path(config_file) if config_file is not None else None,
+            env_file=Path(env_file) if env_file is not None else None,
+            demo=demo,
+        )
+        self._subscribers: list[Subscriber] = []
+        self._plan: RunPlan | None = None
+
+    def subscribe(self, subscriber: Subscriber) -> FineTuner:
+        """Receive every event of the run (called from the event thread)."""
+        self._subscribers.append(subscriber)
+        return self
+
+    def plan(self) -> RunPlan:
+        """Resolve config, validate data and locate the model, without loading weights."""
+        if self._plan is None:
+            self._plan = plan_run(self._layers)
+        return self._plan
+
+    def train(self) -> Path:
+        """Run training to the end and return the run directory.
+
+        Raises:
+            LlmcError: bad config, data or model; RunInterrupted after SIGINT/SIGTERM
+                (the adapter so far is saved in ``run_dir/interrupted``).
+        """
+        from llmc_cli.engine.loop import Trainer
+        from llmc_cli.monitor.sinks import JsonlRecorder
+
+        plan = self.plan()
+        config = plan.resolved.config
+        run_dir = create_run_dir(config.run.output, config.run.run_name)
+        write_json(run_dir / "config.json", plan.resolved.to_json())
+        recorder = JsonlRecorder(run_dir)
+        bus = EventBus()
+        bus.subscribe(recorder)
+        for subscriber in self._subscribers:
+            bus.subscribe(subscriber)
+        started = time.perf_counter()
+        status, facts, result, adapter_dir, error = "failed", {}, None, None, None
+        try:
+            with bus, StopRequest() as stop:
+                trainer = Trainer(plan, run_dir, bus, stop)
+                try:
+                    trainer.setup()
+                    facts = trainer.describe()
+                    bus.emit(trainer.started_event())
+                    result = trainer.fit()
+                    adapter_dir = trainer.save_adapter(run_dir / "final")
+                    if config.run.merge:
+                        facts["merged_dir"] = str(trainer.merge(adapter_dir, run_dir / "merged"))
+                    status = "completed"
+                except LlmcError as exc:
+                    status = "interrupted" if exc.exit_code == 130 else "failed"
+                    error = exc
+                    raise
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    summary = _summary(status, run_dir, adapter_dir, facts, result, started, error)
+                    write_json(run_dir / "summary.json", summary)
+                    bus.emit(RunEnded(status, str(run_dir), str(adapter_dir) if adapter_dir else None, summary))
+        finally:
+            recorder.close()
+        return run_dir
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _summary(status, run_dir, adapter_dir, facts, result, started, error) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "status": status,
+        "run_dir": str(run_dir),
+        "adapter_dir": str(adapter_dir) if adapter_dir else None,
+        "wall_time_s": round(time.perf_counter() - started, 3),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        **facts,
+    }
+    if result is not None:
+        summary.update(
+            steps=result.steps,
+            epochs=round(result.epochs, 4),
+            train_time_s=round(result.train_time_s, 3),
+            tokens=result.tokens,
+            tokens_per_s=round(result.tokens / max(result.train_time_s, 1e-9), 1),
+            initial_eval_loss=result.initial_eval_loss,
+            final_eval_loss=result.final_eval_loss,
+            best_eval_loss=result.best_eval_loss,
+            final_train_loss=result.final_train_loss,
+        )
+    if error is not None:
+        summary["error"] = str(error) or type(error).__name__
+    return summary

@@ -1,0 +1,331 @@
+"""The training loop, on accelerate: ``setup()``, then ``fit()``, then ``finish()``.
+
+One loop for one process or many (``accelerate launch`` / ``torchrun``): accelerate owns
+devices, precision and gradient synchronisation. The loop reads top to bottom: take an
+accumulation window, forward and backward each micro-batch, clip, step, schedule, emit.
+Consumers learn about progress only through events.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmc_cli.data.dataset import Rows, build_rows
+from llmc_cli.data.packing import Collator
+from llmc_cli.data.templates import ensure_chat_template
+from llmc_cli.engine.events import EvalEnded, EventBus, RunStarted, StepEnded, TrainingWarning
+from llmc_cli.engine.interrupt import StopRequest
+from llmc_cli.engine.loss import summed_loss, target_count
+from llmc_cli.engine.plan import RunPlan
+from llmc_cli.errors import DataError, RunInterrupted, TrainingError
+from llmc_cli.models.loading import BILLION, add_lora, load_base_model, load_tokenizer, parameter_count
+from llmc_cli.optimize.hardware import Hardware, choose_precision, detect
+
+ACCELERATE_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
+
+
+@dataclass
+class FitResult:
+    """What the loop measured."""
+
+    steps: int
+    epochs: float
+    train_time_s: float
+    tokens: int
+    initial_eval_loss: float | None
+    final_eval_loss: float | None
+    best_eval_loss: float | None
+    final_train_loss: float | None
+
+
+class Trainer:
+    """Fine-tunes one model on one dataset as planned; emits events on ``bus``."""
+
+    def __init__(self, plan: RunPlan, run_dir: Path, bus: EventBus, stop: StopRequest) -> None:
+        self.plan = plan
+        self.config = plan.resolved.config
+        self.run_dir = run_dir
+        self.bus = bus
+        self.stop = stop
+        self.eval_losses: list[float] = []
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Choose precision, load tokenizer, data, model and adapter, and prepare with accelerate."""
+        from accelerate import Accelerator, DataLoaderConfiguration
+        from accelerate.utils import set_seed
+        from torch.utils.data import DataLoader
+        from transformers import get_scheduler
+
+        cfg = self.config
+        self.hardware: Hardware = detect()
+        self.precision, self.precision_reason = choose_precision(
+            cfg.model.precision, cfg.model.enable_mixed_precision, self.hardware
+        )
+        self.accelerator = Accelerator(
+            cpu=self.hardware.device == "cpu",
+            mixed_precision=ACCELERATE_PRECISION[self.precision],
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        )
+        set_seed(cfg.training.seed)
+
+        self.tokenizer = load_tokenizer(self.plan.source)
+        self.template_origin = ensure_chat_template(self.tokenizer, self.plan.source.family)
+        self.rows = self._build_rows()
+
+        model = load_base_model(self.plan.source, self.precision, cfg.model.quantize)
+        self.total_params = parameter_count(model)
+        self.gradient_checkpointing = (
+            self.total_params >= BILLION
+            if cfg.model.enable_gradient_checkpointing == "auto"
+            else cfg.model.enable_gradient_checkpointing
+        )
+        model = add_lora(model, cfg.lora, self.gradient_checkpointing, cfg.model.quantize != "none")
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.trainable_params = sum(p.numel() for p in self.params)
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
+
+        collate = Collator(self.tokenizer.pad_token_id, packed=cfg.data.packing)
+        generator = torch.Generator().manual_seed(cfg.training.seed)
+        train_loader = DataLoader(
+            self.rows.train, batch_size=cfg.training.batch_size, shuffle=True, collate_fn=collate, generator=generator
+        )
+        eval_loader = DataLoader(self.rows.val, batch_size=cfg.training.batch_size, collate_fn=collate)
+        self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
+            model, optimizer, train_loader, eval_loader
+        )
+        self.steps_per_epoch = max(1, math.ceil(len(self.train_loader) / cfg.training.grad_accum))
+        self.total_steps = cfg.training.max_steps or max(1, math.ceil(cfg.training.epochs * self.steps_per_epoch))
+        self.eval_every = cfg.training.eval_every or max(1, self.total_steps // 10)
+        # Not prepared: accelerate would step it once per process; this one steps once per update.
+        self.scheduler = get_scheduler(
+            "constant_with_warmup" if cfg.training.scheduler == "constant" else cfg.training.scheduler,
+            self.optimizer,
+            num_warmup_steps=round(cfg.training.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+
+    def _build_rows(self) -> Rows:
+        cfg = self.config
+        rows = build_rows(self.tokenizer, self.plan.data, cfg.data, cfg.training.seed)
+        for note in self.plan.notes + rows.train_report.warnings(cfg.data.max_length):
+            self.bus.emit(TrainingWarning("data", note))
+        if not rows.train:
+            raise DataError(
+                f"No training example is left after tokenisation ({rows.train_report.examples} read).",
+                hint="Raise --max-length, use --overlong truncate, or check that responses are not empty.",
+            )
+        return rows
+
+    def started_event(self) -> RunStarted:
+        return RunStarted(
+            run_dir=str(self.run_dir),
+            model=self.plan.source.location,
+            family=self.plan.source.family.name,
+            precision=self.precision,
+            device=self.hardware.device_name,
+            total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            train_examples=self.rows.train_report.kept,
+            val_examples=self.rows.val_report.kept,
+            train_rows=len(self.rows.train),
+            trainable_params=self.trainable_params,
+            total_params=self.total_params,
+        )
+
+    # -------------------------------------------------------------------- fit
+    def fit(self) -> FitResult:
+        """Train for the planned number of optimizer steps; evaluate at step 0, on schedule and at the end."""
+        cfg = self.config.training
+        initial = self.evaluate(step=0)
+        step, epoch, tokens_total, last_loss = 0, 0, 0, None
+        interval = _Interval()
+        started = time.perf_counter()
+        self.model.train()
+        while step < self.total_steps and not self.stop.requested:
+            self.train_loader.set_epoch(epoch)
+            for window in _windows(self.train_loader, cfg.grad_accum):
+                loss_sum, targets, grad_norm = self.train_step(window)
+                step += 1
+                interval.add(window, loss_sum, targets)
+                if step % cfg.log_every == 0 or step == self.total_steps:
+                    last_loss = self._log(step, interval, grad_norm, started)
+                    tokens_total += interval.tokens
+                    interval = _Interval()
+                if step % self.eval_every == 0 and step < self.total_steps:
+                    self.evaluate(step)
+                if step >= self.total_steps or self.stop.requested:
+                    break
+            epoch += 1
+        tokens_total += interval.tokens
+        train_time = time.perf_counter() - started
+        if self.stop.requested:
+            self.bus.emit(TrainingWarning("interrupted", f"{self.stop.reason}: stopped after step {step}"))
+            self.save_adapter(self.run_dir / "interrupted")
+            raise RunInterrupted(
+                f"Training stopped by {self.stop.reason} after step {step} of {self.total_steps}; "
+                f"the adapter so far is in {self.run_dir / 'interrupted'}.",
+                hint="Start a new run to train further (resume arrives with checkpoints).",
+            )
+        final = self.evaluate(step)
+        return FitResult(
+            steps=step,
+            epochs=step / self.steps_per_epoch,
+            train_time_s=train_time,
+            tokens=tokens_total,
+            initial_eval_loss=initial,
+            final_eval_loss=final,
+            best_eval_loss=min(self.eval_losses) if self.eval_losses else None,
+            final_train_loss=last_loss,
+        )
+
+    def train_step(self, window: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimizer update over an accumulation window; returns (loss sum, targets, grad norm)."""
+        acc = self.accelerator
+        targets = sum(target_count(batch) for batch in window)
+        # Every process divides by the global target count; DDP then averages, hence the factor.
+        global_targets = acc.reduce(targets.clone(), "sum") if acc.num_processes > 1 else targets
+        scale = acc.num_processes / global_targets.clamp(min=1)
+        loss_sum = torch.zeros((), device=acc.device)
+        for index, batch in enumerate(window):
+            last = index == len(window) - 1
+            with nullcontext() if last else acc.no_sync(self.model):
+                loss = summed_loss(self.model, batch)
+                acc.backward(loss * scale)
+            loss_sum += loss.detach()
+        grad_norm = acc.clip_grad_norm_(self.params, self.config.training.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum, targets, grad_norm
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> float | None:
+        """Token-weighted eval loss over the validation rows (None without a validation set)."""
+        if len(self.rows.val) == 0:
+            return None
+        started = time.perf_counter()
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.accelerator.device, dtype=torch.float64)
+        targets = torch.zeros((), device=self.accelerator.device, dtype=torch.long)
+        for batch in self.eval_loader:
+            loss_sum += summed_loss(self.model, batch).double()
+            targets += target_count(batch)
+        self.model.train()
+        loss_sum, targets = self.accelerator.reduce(loss_sum, "sum"), self.accelerator.reduce(targets, "sum")
+        eval_loss = (loss_sum / targets.clamp(min=1)).item()
+        self.eval_losses.append(eval_loss)
+        self.bus.emit(
+            EvalEnded(
+                step=step,
+                eval_loss=eval_loss,
+                perplexity=math.exp(min(eval_loss, 50.0)),
+                tokens=int(targets.item()),
+                duration_s=time.perf_counter() - started,
+            )
+        )
+        return eval_loss
+
+    def _log(self, step: int, interval: _Interval, grad_norm: torch.Tensor, started: float) -> float:
+        loss = (interval.loss_sum / interval.targets.clamp(min=1)).item()  # the one host sync per log
+        if not math.isfinite(loss):
+            self.save_adapter(self.run_dir / "failed")
+            raise TrainingError(
+                f"The training loss became {loss} at step {step}; the last adapter is in {self.run_dir / 'failed'}.",
+                hint="Lower the learning rate (--lr), or keep --max-grad-norm at 1.0 or below.",
+            )
+        elapsed = time.perf_counter() - started
+        seconds = max(time.perf_counter() - interval.started, 1e-9)
+        self.bus.emit(
+            StepEnded(
+                step=step,
+                total_steps=self.total_steps,
+                epoch=step / self.steps_per_epoch,
+                loss=loss,
+                lr=self.scheduler.get_last_lr()[0],
+                grad_norm=float(grad_norm),
+                tokens=interval.tokens,
+                target_tokens=int(interval.targets.item()),
+                examples=interval.examples,
+                tokens_per_s=interval.tokens / seconds,
+                examples_per_s=interval.examples / seconds,
+                elapsed_s=elapsed,
+                eta_s=elapsed / step * (self.total_steps - step),
+            )
+        )
+        return loss
+
+    # ----------------------------------------------------------------- finish
+    def save_adapter(self, directory: Path) -> Path:
+        """Write the adapter in standard PEFT format plus the tokenizer (main process only)."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.accelerator.unwrap_model(self.model).save_pretrained(directory, safe_serialization=True)
+            self.tokenizer.save_pretrained(directory)
+        return directory
+
+    def merge(self, adapter_dir: Path, directory: Path) -> Path:
+        """Merge the adapter into a fresh, unquantised copy of the base weights and save it."""
+        from peft import PeftModel
+
+        if self.accelerator.is_main_process:
+            base = load_base_model(self.plan.source, self.precision, "none")
+            merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+            merged.save_pretrained(directory, safe_serialization=True)
+            self.tokenizer.save_pretrained(directory)
+        return directory
+
+    def describe(self) -> dict[str, Any]:
+        """Run facts for the summary."""
+        return {
+            "model": self.plan.source.location,
+            "model_reason": self.plan.source.reason,
+            "family": self.plan.source.family.name,
+            "device": self.hardware.device_name,
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "chat_template": self.template_origin,
+            "data_format": self.plan.data.format,
+            "validation": self.plan.data.val_source,
+            "total_params": self.total_params,
+            "trainable_params": self.trainable_params,
+            "train_rows": len(self.rows.train),
+            "data": {"train": vars(self.rows.train_report), "val": vars(self.rows.val_report)},
+        }
+
+
+class _Interval:
+    """Running sums between two log lines (kept on device: no host sync per step)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.loss_sum: Any = 0.0
+        self.targets: Any = torch.zeros((), dtype=torch.long)
+        self.tokens = 0
+        self.examples = 0
+
+    def add(self, window: list[dict[str, torch.Tensor]], loss_sum: torch.Tensor, targets: torch.Tensor) -> None:
+        self.loss_sum = self.loss_sum + loss_sum
+        self.targets = self.targets.to(targets.device) + targets
+        self.tokens += sum(batch["n_tokens"] for batch in window)
+        self.examples += sum(batch["n_examples"] for batch in window)
+
+
+def _windows(loader, size: int):
+    """Group micro-batches into accumulation windows (the last one may be shorter)."""
+    window = []
+    for batch in loader:
+        window.append(batch)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window

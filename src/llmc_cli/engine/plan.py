@@ -1,0 +1,100 @@
+"""Plan a run before anything heavy happens: config layers, data validation, model source.
+
+Order matters for the user: configuration errors first, then data errors (the data is
+read and validated in full), then the model, and only then does training load weights.
+The preset layer needs the model family and the dataset size, so it is added last, but
+sits under the user's layers: defaults < preset < llmc.toml < env/.env < CLI.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmc_cli.config.layers import Layer, ResolvedConfig, cli_layer, env_layers, resolve, toml_layer
+from llmc_cli.config.presets import load_presets
+from llmc_cli.data.dataset import LoadedData, load_examples
+from llmc_cli.errors import ConfigError
+from llmc_cli.models.source import ModelSource, resolve_model
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything decided before training starts."""
+
+    resolved: ResolvedConfig
+    source: ModelSource
+    data: LoadedData
+    notes: list[str] = field(default_factory=list)
+
+
+def cache_dir() -> Path:
+    """Where llmc keeps things it builds once (the demo model)."""
+    if "LLMC_CACHE" in os.environ:
+        return Path(os.environ["LLMC_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llmc"
+
+
+def demo_layer() -> Layer:
+    """Values that ``--demo`` supplies: the bundled data and a locally built model."""
+    from llmc_cli.demo.build import DEMO_DATA, ensure_demo_model
+
+    model_dir = ensure_demo_model(cache_dir())
+    return Layer("demo", {"data": str(DEMO_DATA), "model": str(model_dir), "preset": "highspeed", "max_length": 256})
+
+
+def user_layers(
+    flags: dict[str, Any], config_file: Path | None = None, env_file: Path | None = Path(".env"), demo: bool = False
+) -> list[Layer]:
+    """The layers above the preset, lowest first."""
+    layers = [demo_layer()] if demo else []
+    if config_file is not None:
+        layers.append(toml_layer(config_file))
+    return [*layers, *env_layers(env_file), cli_layer(flags)]
+
+
+def plan_run(layers: list[Layer]) -> RunPlan:
+    """Validate the user's config and data, find the model, and apply the preset."""
+    user = resolve(layers).config  # reports bad values before reading any data
+    if user.data.data is None:
+        raise ConfigError("No training data given.", hint="Pass --data FILE (or try --demo).")
+    data = load_examples(user.data, user.training.seed)
+    auto_family = _auto_family() if user.model.model == "auto" else None
+    source = resolve_model(user.model.model, auto_family)
+    label, values = load_presets().layer(source.family.name, user.run.preset, len(data.train))
+    resolved = resolve([Layer(label, values), *layers])
+    return RunPlan(resolved, source, data, list(data.notes))
+
+
+def _auto_family() -> str:
+    from llmc_cli.optimize.hardware import detect, pick_family
+
+    return pick_family(detect())[0]
+
+
+def preview(preset: str, model: str, data: Path | None = None, config_file: Path | None = None) -> ResolvedConfig:
+    """The config a run would get, without the network: ``model`` is a family or a local folder.
+
+    With ``data`` the dataset-size bucket is computed from the file (after the validation
+    split); without it the medium bucket is shown.
+    """
+    from llmc_cli.config.families import FAMILIES
+
+    flags = {"preset": preset, "data": data, "model": model}
+    layers = user_layers(flags, config_file=config_file)
+    user = resolve(layers).config
+    if model in FAMILIES:
+        family = model
+    else:
+        path = Path(model).expanduser()
+        if not path.is_dir():
+            raise ConfigError(
+                f"'{model}' is neither a model family nor a local model folder.",
+                hint="Use --model " + ", --model ".join(sorted(FAMILIES)) + ", or a folder with config.json.",
+            )
+        family = resolve_model(str(path)).family.name
+    n_train = len(load_examples(user.data, user.training.seed).train) if data is not None else None
+    label, values = load_presets().layer(family, preset, n_train)
+    return resolve([Layer(label, values), *layers])

@@ -1,0 +1,64 @@
+"""Errors a user can act on.
+
+Every error raised on purpose by llmc is an :class:`LlmcError`: it carries what went
+wrong, where, and how to fix it. The CLI prints it as one paragraph and exits with the
+error's ``exit_code``; the engine never exits the process itself (Optuna runs it
+in-process). This module imports nothing heavy so the CLI can use it at start-up.
+"""
+
+from __future__ import annotations
+
+
+class LlmcError(Exception):
+    """Base class: a problem the user can fix.
+
+    Args:
+        message: What is wrong and where (file, line, key).
+        hint: The concrete fix, ideally a command or flag to use.
+    """
+
+    exit_code = 1
+    title = "Error"
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\nFix: {self.hint}"
+
+
+class ConfigError(LlmcError):
+    """Invalid configuration: a flag, a key in llmc.toml, an environment variable or a preset."""
+
+    exit_code = 2
+    title = "Configuration error"
+
+
+class DataError(LlmcError):
+    """The training or validation data cannot be used as given."""
+
+    exit_code = 3
+    title = "Data error"
+
+
+class ModelError(LlmcError):
+    """The model cannot be found, reached or loaded."""
+
+    exit_code = 4
+    title = "Model error"
+
+
+class TrainingError(LlmcError):
+    """Training failed in a way the user must look at (for example a non-finite loss)."""
+
+    exit_code = 5
+    title = "Training error"
+
+
+class RunInterrupted(LlmcError):
+    """Training was stopped by SIGINT or SIGTERM after the current state was saved."""
+
+    exit_code = 130
+    title = "Interrupted"
