@@ -39,7 +39,7 @@ def list_presets() -> None:
                 f"{base['batch_size']}x{base['grad_accum']}",
             ]
             spec = presets[name]
-            row += [f"{b.epochs:g}/{b.lr:.0e}" for b in (spec.small, spec.medium, spec.large)]
+            row += [f"{b.epochs:g}/{b.lr:g}" for b in (spec.small, spec.medium, spec.large)]
             table.add_row(*row)
     Console().print(table)
 

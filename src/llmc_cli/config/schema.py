@@ -107,7 +107,7 @@ class TrainingSettings(_Section):
     max_steps: int | None = Field(
         None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
     )
-    lr: float = Field(2e-4, gt=0, lt=1.0, description="Peak learning rate (AdamW).")
+    lr: float = Field(2e-4, gt=0, le=10.0, description="Peak learning rate (AdamW).")
     batch_size: int = Field(4, ge=1, le=4096, description="Sequences per micro-batch.")
     grad_accum: int = Field(4, ge=1, le=4096, description="Micro-batches per optimizer step.")
     warmup_ratio: float = Field(0.03, ge=0.0, le=0.5, description="Fraction of steps spent warming up.")

@@ -2,8 +2,9 @@
 
 Packed rows carry ``position_ids`` that restart at 0 for every example. With no 2-D
 attention mask, transformers' mask builder (``find_packed_sequence_indices``) turns those
-restarts into a block-diagonal causal mask, so no token attends across examples; the
-tests check this against each example run alone.
+restarts into a block-diagonal causal mask, so no token attends across examples. It does
+so only without a KV cache: the forward pass must get ``use_cache=False`` (engine/loss.py
+does). The tests check packed logits against each example run alone.
 """
 
 from __future__ import annotations

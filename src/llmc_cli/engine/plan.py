@@ -42,7 +42,16 @@ def demo_layer() -> Layer:
     from llmc_cli.demo.build import DEMO_DATA, ensure_demo_model
 
     model_dir = ensure_demo_model(cache_dir())
-    return Layer("demo", {"data": str(DEMO_DATA), "model": str(model_dir), "preset": "highspeed", "max_length": 256})
+    # The demo's base model is random, so it adapts every linear layer to show learning in minutes.
+    values = {
+        "data": str(DEMO_DATA),
+        "model": str(model_dir),
+        "preset": "highspeed",
+        "target_modules": "all-linear",
+        "lora_r": 16,
+        "lora_alpha": 32,
+    }
+    return Layer("demo", values)
 
 
 def user_layers(

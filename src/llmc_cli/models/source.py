@@ -97,7 +97,7 @@ def _from_hub(hub_id: str, spec: str, reason: str) -> ModelSource:
     if problem:
         raise ModelError(
             f"Model '{hub_id}' is not on this machine and the Hugging Face Hub cannot be reached ({problem}).",
-            hint=f"On a machine with internet: huggingface-cli download {hub_id} --local-dir ./model, copy the "
+            hint=f"On a machine with internet run: hf download {hub_id} --local-dir ./model, copy the "
             "folder here, then pass --model ./model (any folder saved with save_pretrained works).",
         )
     return ModelSource(spec, hub_id, False, family, f"{reason}, downloaded from the hub")

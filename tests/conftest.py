@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny models and tokenizers built at test time, never downloaded.
+
+``../shared`` (the real Llama-2 tokenizer and full GSM8K) is used where present, as in
+CI; without it the tests fall back to a tokenizer trained here and the GSM8K sample
+shipped under tests/fixtures, so a clone of this repository alone passes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).with_name("fixtures")
+SHARED = Path(os.environ.get("LLMC_SHARED", ROOT.parent / "shared"))
+SHARED_TOKENIZER = SHARED / "tokenizers" / "llama2"
+SHARED_GSM8K = SHARED / "data" / "gsm8k"
+SAMPLE_TRAIN = FIXTURES / "gsm8k" / "train_sample.jsonl"
+SAMPLE_TEST = FIXTURES / "gsm8k" / "test_sample.jsonl"
+
+# A LlamaConfig small enough to train for dozens of steps in seconds on 2 cores.
+TINY_SHAPE = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    max_position_embeddings=1024,
+)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path_factory):
+    """No LLMC_* or spec variables from the developer's shell, and a private cache."""
+    for name in list(os.environ):
+        if name.startswith("LLMC_") or name in {
+            "ENABLE_MONITORING", "CHECKPOINT_INTERVAL", "MAX_CHECKPOINTS", "ENABLE_EARLY_STOPPING",
+            "EARLY_STOPPING_PATIENCE", "ENABLE_MIXED_PRECISION", "ENABLE_GRADIENT_CHECKPOINTING",
+            "OPTIMIZE_MEMORY", "COMPILE_MODEL", "ENABLE_HYPERPARAMETER_TUNING", "HYPERPARAMETER_TRIALS",
+            "ENABLE_DISTRIBUTED_TRAINING",
+        }:  # fmt: skip
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("LLMC_CACHE", str(tmp_path_factory.getbasetemp() / "llmc-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def trained_tokenizer_dir(tmp_path_factory) -> Path:
+    """A small BPE tokenizer trained on the GSM8K sample (with a chat template)."""
+    from llmc_cli.demo.build import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("bpe-tokenizer")
+    texts = [r["question"] + "\n" + r["answer"] for r in read_jsonl(SAMPLE_TRAIN)]
+    train_tokenizer(texts, folder, vocab_size=1024)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(trained_tokenizer_dir) -> Path:
+    """The real Llama-2 tokenizer where ../shared has it, else the trained one."""
+    return SHARED_TOKENIZER if (SHARED_TOKENIZER / "tokenizer.json").is_file() else trained_tokenizer_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """A 2-layer Llama saved with save_pretrained, with its tokenizer beside it."""
+    from transformers import AutoTokenizer
+
+    from llmc_cli.demo.build import TinyShape, build_tiny_llama
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.save_pretrained(folder)
+    build_tiny_llama(folder, len(tokenizer), TinyShape(**TINY_SHAPE), seed=0)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def gsm8k_train() -> Path:
+    """Full GSM8K train where ../shared has it, else the shipped sample."""
+    full = SHARED_GSM8K / "train.jsonl"
+    return full if full.is_file() else SAMPLE_TRAIN

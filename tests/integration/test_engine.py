@@ -1,0 +1,97 @@
+"""The engine in-process on a tiny Llama: run directory, metrics, adapter round trip."""
+
+import json
+
+import pytest
+import torch
+
+from llmc_cli import FineTuner
+from llmc_cli.engine.events import EvalEnded, EventBus, RunStarted, StepEnded
+from llmc_cli.engine.interrupt import StopRequest
+from llmc_cli.engine.loop import Trainer
+
+SAMPLE_OPTS = dict(preset="highspeed", max_length=256, batch_size=4, grad_accum=2, env_file=None)
+
+
+def test_finetuner_writes_a_complete_run(tmp_path, tiny_model_dir, gsm8k_train):
+    events = []
+    tuner = FineTuner(gsm8k_train, model=str(tiny_model_dir), output=tmp_path / "runs", max_steps=6,
+                      limit=120, lr=3e-3, target_modules="all-linear", **SAMPLE_OPTS)
+    run_dir = tuner.subscribe(events.append).train()
+
+    assert run_dir == tmp_path / "runs" / "run-1"
+    for name in ("config.json", "metrics.jsonl", "events.jsonl", "summary.json", "final/adapter_model.safetensors",
+                 "final/adapter_config.json", "final/tokenizer.json"):
+        assert (run_dir / name).is_file(), name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["sources"]["max_steps"] == "cli"
+    assert config["sources"]["lora_dropout"] == "preset:tinyllama/highspeed/small"
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if m["type"] == "train"] == [1, 2, 3, 4, 5, 6]
+    evals = [m for m in metrics if m["type"] == "eval"]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 6
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 6
+    assert summary["final_eval_loss"] < summary["initial_eval_loss"]
+    kinds = [type(e) for e in events]
+    assert kinds.index(RunStarted) < kinds.index(StepEnded)
+    assert kinds[-1].__name__ == "RunEnded"
+    # A second run never reuses the directory.
+    assert FineTuner(gsm8k_train, model=str(tiny_model_dir), output=tmp_path / "runs", max_steps=1, limit=40,
+                     **SAMPLE_OPTS).train().name == "run-2"
+
+
+def test_saved_adapter_reproduces_the_trained_models_logits(tmp_path, tiny_model_dir, gsm8k_train):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tuner = FineTuner(gsm8k_train, model=str(tiny_model_dir), max_steps=3, limit=60, lr=1e-2, lora_dropout=0.1,
+                      target_modules="all-linear", **SAMPLE_OPTS)
+    plan = tuner.plan()
+    with EventBus() as bus:
+        trainer = Trainer(plan, tmp_path, bus, StopRequest())
+        trainer.setup()
+        trainer.fit()
+        adapter = trainer.save_adapter(tmp_path / "final")
+    ids = torch.tensor([trainer.rows.val[0].input_ids])
+    trained = trainer.accelerator.unwrap_model(trainer.model).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    reloaded = PeftModel.from_pretrained(base, adapter).eval()
+    with torch.no_grad():
+        expected = trained(input_ids=ids).logits
+        got = reloaded(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    # The adapter changed the model (the comparison above is not trivially true).
+    with torch.no_grad(), reloaded.disable_adapter():
+        assert not torch.allclose(reloaded(input_ids=ids).logits, expected, atol=1e-3)
+
+
+def test_stop_request_saves_the_adapter_and_reports(tmp_path, tiny_model_dir, gsm8k_train):
+    from llmc_cli.errors import RunInterrupted
+
+    stop = StopRequest()
+
+    def stop_after_first_step(event):
+        if isinstance(event, StepEnded):
+            stop.request("SIGTERM")
+
+    tuner = FineTuner(gsm8k_train, model=str(tiny_model_dir), max_steps=50, limit=80, **SAMPLE_OPTS)
+    with EventBus() as bus:
+        bus.subscribe(stop_after_first_step)
+        trainer = Trainer(tuner.plan(), tmp_path, bus, stop)
+        trainer.setup()
+        with pytest.raises(RunInterrupted, match="stopped by SIGTERM"):
+            trainer.fit()
+    assert (tmp_path / "interrupted" / "adapter_model.safetensors").is_file()
+
+
+def test_eval_uses_the_validation_file_when_given(tmp_path, tiny_model_dir):
+    from pathlib import Path
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "gsm8k"
+    events = []
+    FineTuner(fixtures / "train_sample.jsonl", model=str(tiny_model_dir), val_data=fixtures / "test_sample.jsonl",
+              output=tmp_path, max_steps=1, limit=20, **SAMPLE_OPTS).subscribe(events.append).train()
+    started = next(e for e in events if isinstance(e, RunStarted))
+    assert (started.train_examples, started.val_examples) == (20, 60)
+    assert any(isinstance(e, EvalEnded) for e in events)
