@@ -14,8 +14,14 @@ LLMC = [sys.executable, "-c", "from llmc_cli.cli.app import main; main()"]
 
 
 def llmc(*args, cwd, timeout=600, env=None):
-    return subprocess.run([*LLMC, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+    return subprocess.run(
+        [*LLMC, *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
 
 
 def test_train_gsm8k_done_when(tmp_path, tiny_model_dir, gsm8k_train):
@@ -23,8 +29,18 @@ def test_train_gsm8k_done_when(tmp_path, tiny_model_dir, gsm8k_train):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    result = llmc("train", "--data", gsm8k_train, "--model", tiny_model_dir, "--preset", "highspeed",
-                  "--max-steps", "30", cwd=tmp_path)
+    result = llmc(
+        "train",
+        "--data",
+        gsm8k_train,
+        "--model",
+        tiny_model_dir,
+        "--preset",
+        "highspeed",
+        "--max-steps",
+        "30",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "Traceback" not in result.stderr
     run_dir = tmp_path / "runs" / "run-1"
@@ -40,8 +56,23 @@ def test_train_gsm8k_done_when(tmp_path, tiny_model_dir, gsm8k_train):
 def test_merge_writes_full_weights(tmp_path, tiny_model_dir, gsm8k_train):
     from transformers import AutoModelForCausalLM
 
-    result = llmc("train", "--data", gsm8k_train, "--model", tiny_model_dir, "--max-steps", "2", "--limit", "40",
-                  "--max-length", "256", "--merge", "--run-name", "merged-run", cwd=tmp_path)
+    result = llmc(
+        "train",
+        "--data",
+        gsm8k_train,
+        "--model",
+        tiny_model_dir,
+        "--max-steps",
+        "2",
+        "--limit",
+        "40",
+        "--max-length",
+        "256",
+        "--merge",
+        "--run-name",
+        "merged-run",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / "merged-run" / "merged")
     again = llmc("train", "--data", gsm8k_train, "--model", tiny_model_dir, "--run-name", "merged-run", cwd=tmp_path)
@@ -51,24 +82,52 @@ def test_merge_writes_full_weights(tmp_path, tiny_model_dir, gsm8k_train):
 BAD = '{"question": "What is 1+1?", "answer": "2"}\n{"question": "broken", "answer": \n'
 
 
-@pytest.mark.parametrize(("files", "args", "code", "message"), [
-    ({"d.jsonl": BAD}, ["--data", "d.jsonl"], 3, "d.jsonl, line 2: invalid JSON"),
-    ({"d.jsonl": ""}, ["--data", "d.jsonl"], 3, "Data file d.jsonl is empty."),
-    ({}, ["--data", "missing.jsonl"], 3, "Data file missing.jsonl does not exist."),
-    ({"d.jsonl": b'{"text": "\xff"}\n'}, ["--data", "d.jsonl"], 3, "not UTF-8 text: byte 0xff on line 1"),
-    ({"d.jsonl": '{"question": "q", "answer": "a"}\n{"prompt": "p", "completion": "c"}\n'}, ["--data", "d.jsonl"], 3,
-     "mixes formats"),
-    ({"d.jsonl": '{"question": "q"}\n'}, ["--data", "d.jsonl", "--format", "qa"], 3, "line 1: missing field 'answer'"),
-    ({"d.jsonl": '{"question": "q", "answer": "a"}\n'}, ["--data", "d.jsonl", "--model", "./no-such-model"], 4,
-     "Model './no-such-model' is not a folder on this machine"),
-    ({"d.jsonl": '{"question": "q", "answer": "a"}\n'}, ["--data", "d.jsonl", "--model", "TinyLlama/TinyLlama-1.1B-Chat-v1.0"],
-     4, "is not on this machine and the Hugging Face Hub cannot be reached"),
-    ({"d.jsonl": '{"question": "q", "answer": "a"}\n'}, ["--data", "d.jsonl", "--preset", "fastest"], 2,
-     "'fastest' is not one of 'highspeed', 'quality', 'bestaccuracy'"),
-    ({"d.jsonl": '{"question": "q", "answer": "a"}\n', "llmc.toml": "lora_rank = 4\n"},
-     ["--data", "d.jsonl", "--config", "llmc.toml"], 2, "unknown key 'lora_rank' (did you mean 'lora_r'?)"),
-    ({}, ["--max-steps", "3"], 2, "No training data given."),
-])
+@pytest.mark.parametrize(
+    ("files", "args", "code", "message"),
+    [
+        ({"d.jsonl": BAD}, ["--data", "d.jsonl"], 3, "d.jsonl, line 2: invalid JSON"),
+        ({"d.jsonl": ""}, ["--data", "d.jsonl"], 3, "Data file d.jsonl is empty."),
+        ({}, ["--data", "missing.jsonl"], 3, "Data file missing.jsonl does not exist."),
+        ({"d.jsonl": b'{"text": "\xff"}\n'}, ["--data", "d.jsonl"], 3, "not UTF-8 text: byte 0xff on line 1"),
+        (
+            {"d.jsonl": '{"question": "q", "answer": "a"}\n{"prompt": "p", "completion": "c"}\n'},
+            ["--data", "d.jsonl"],
+            3,
+            "mixes formats",
+        ),
+        (
+            {"d.jsonl": '{"question": "q"}\n'},
+            ["--data", "d.jsonl", "--format", "qa"],
+            3,
+            "line 1: missing field 'answer'",
+        ),
+        (
+            {"d.jsonl": '{"question": "q", "answer": "a"}\n'},
+            ["--data", "d.jsonl", "--model", "./no-such-model"],
+            4,
+            "Model './no-such-model' is not a folder on this machine",
+        ),
+        (
+            {"d.jsonl": '{"question": "q", "answer": "a"}\n'},
+            ["--data", "d.jsonl", "--model", "TinyLlama/TinyLlama-1.1B-Chat-v1.0"],
+            4,
+            "is not on this machine and the Hugging Face Hub cannot be reached",
+        ),
+        (
+            {"d.jsonl": '{"question": "q", "answer": "a"}\n'},
+            ["--data", "d.jsonl", "--preset", "fastest"],
+            2,
+            "'fastest' is not one of 'highspeed', 'quality', 'bestaccuracy'",
+        ),
+        (
+            {"d.jsonl": '{"question": "q", "answer": "a"}\n', "llmc.toml": "lora_rank = 4\n"},
+            ["--data", "d.jsonl", "--config", "llmc.toml"],
+            2,
+            "unknown key 'lora_rank' (did you mean 'lora_r'?)",
+        ),
+        ({}, ["--max-steps", "3"], 2, "No training data given."),
+    ],
+)
 def test_bad_input_gets_one_message_and_no_traceback(tmp_path, files, args, code, message):
     for name, content in files.items():
         path = tmp_path / name
@@ -84,8 +143,14 @@ def test_hub_failure_is_fast_even_when_online_checks_are_allowed(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"question": "q", "answer": "a"}\n')
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     started = time.monotonic()
-    result = subprocess.run([*LLMC, "train", "--data", "d.jsonl", "--model", "qwen"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*LLMC, "train", "--data", "d.jsonl", "--model", "qwen"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 4 and "--model ./model" in result.stderr
     assert time.monotonic() - started < 60  # seconds of reachability check, never a hang
 
@@ -94,9 +159,26 @@ def test_sigterm_leaves_a_loadable_adapter(tmp_path, tiny_model_dir, gsm8k_train
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    proc = subprocess.Popen([*LLMC, "train", "--data", str(gsm8k_train), "--model", str(tiny_model_dir),
-                             "--max-steps", "500", "--limit", "200", "--max-length", "256"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            *LLMC,
+            "train",
+            "--data",
+            str(gsm8k_train),
+            "--model",
+            str(tiny_model_dir),
+            "--max-steps",
+            "500",
+            "--limit",
+            "200",
+            "--max-length",
+            "256",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("step "):
             proc.send_signal(signal.SIGTERM)
@@ -120,10 +202,14 @@ def test_presets_commands(tmp_path):
     listed = llmc("presets", "list", cwd=tmp_path)
     assert listed.returncode == 0 and "bestaccuracy" in listed.stdout and "mistral" in listed.stdout
     data = Path(__file__).resolve().parents[1] / "fixtures" / "gsm8k" / "train_sample.jsonl"
-    shown = llmc("presets", "show", "highspeed", "--model", "tinyllama", "--data", data, cwd=tmp_path,
-                 env={"LLMC_LORA_R": "4"})
+    shown = llmc(
+        "presets", "show", "highspeed", "--model", "tinyllama", "--data", data, cwd=tmp_path, env={"LLMC_LORA_R": "4"}
+    )
     assert shown.returncode == 0, shown.stderr
-    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:4]] for line in shown.stdout.splitlines()
-            if line.count("│") >= 4}
+    rows = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:4]]
+        for line in shown.stdout.splitlines()
+        if line.count("│") >= 4
+    }
     assert rows["lr"] == ["0.001", "preset:tinyllama/highspeed/small"]
     assert rows["lora_r"] == ["4", "env:LLMC_LORA_R"]

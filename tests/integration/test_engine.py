@@ -15,13 +15,28 @@ SAMPLE_OPTS = dict(preset="highspeed", max_length=256, batch_size=4, grad_accum=
 
 def test_finetuner_writes_a_complete_run(tmp_path, tiny_model_dir, gsm8k_train):
     events = []
-    tuner = FineTuner(gsm8k_train, model=str(tiny_model_dir), output=tmp_path / "runs", max_steps=6,
-                      limit=120, lr=3e-3, target_modules="all-linear", **SAMPLE_OPTS)
+    tuner = FineTuner(
+        gsm8k_train,
+        model=str(tiny_model_dir),
+        output=tmp_path / "runs",
+        max_steps=6,
+        limit=120,
+        lr=3e-3,
+        target_modules="all-linear",
+        **SAMPLE_OPTS,
+    )
     run_dir = tuner.subscribe(events.append).train()
 
     assert run_dir == tmp_path / "runs" / "run-1"
-    for name in ("config.json", "metrics.jsonl", "events.jsonl", "summary.json", "final/adapter_model.safetensors",
-                 "final/adapter_config.json", "final/tokenizer.json"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "events.jsonl",
+        "summary.json",
+        "final/adapter_model.safetensors",
+        "final/adapter_config.json",
+        "final/tokenizer.json",
+    ):
         assert (run_dir / name).is_file(), name
     config = json.loads((run_dir / "config.json").read_text())
     assert config["sources"]["max_steps"] == "cli"
@@ -37,16 +52,30 @@ def test_finetuner_writes_a_complete_run(tmp_path, tiny_model_dir, gsm8k_train):
     assert kinds.index(RunStarted) < kinds.index(StepEnded)
     assert kinds[-1].__name__ == "RunEnded"
     # A second run never reuses the directory.
-    assert FineTuner(gsm8k_train, model=str(tiny_model_dir), output=tmp_path / "runs", max_steps=1, limit=40,
-                     **SAMPLE_OPTS).train().name == "run-2"
+    assert (
+        FineTuner(
+            gsm8k_train, model=str(tiny_model_dir), output=tmp_path / "runs", max_steps=1, limit=40, **SAMPLE_OPTS
+        )
+        .train()
+        .name
+        == "run-2"
+    )
 
 
 def test_saved_adapter_reproduces_the_trained_models_logits(tmp_path, tiny_model_dir, gsm8k_train):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    tuner = FineTuner(gsm8k_train, model=str(tiny_model_dir), max_steps=3, limit=60, lr=1e-2, lora_dropout=0.1,
-                      target_modules="all-linear", **SAMPLE_OPTS)
+    tuner = FineTuner(
+        gsm8k_train,
+        model=str(tiny_model_dir),
+        max_steps=3,
+        limit=60,
+        lr=1e-2,
+        lora_dropout=0.1,
+        target_modules="all-linear",
+        **SAMPLE_OPTS,
+    )
     plan = tuner.plan()
     with EventBus() as bus:
         trainer = Trainer(plan, tmp_path, bus, StopRequest())
@@ -90,8 +119,15 @@ def test_eval_uses_the_validation_file_when_given(tmp_path, tiny_model_dir):
 
     fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "gsm8k"
     events = []
-    FineTuner(fixtures / "train_sample.jsonl", model=str(tiny_model_dir), val_data=fixtures / "test_sample.jsonl",
-              output=tmp_path, max_steps=1, limit=20, **SAMPLE_OPTS).subscribe(events.append).train()
+    FineTuner(
+        fixtures / "train_sample.jsonl",
+        model=str(tiny_model_dir),
+        val_data=fixtures / "test_sample.jsonl",
+        output=tmp_path,
+        max_steps=1,
+        limit=20,
+        **SAMPLE_OPTS,
+    ).subscribe(events.append).train()
     started = next(e for e in events if isinstance(e, RunStarted))
     assert (started.train_examples, started.val_examples) == (20, 60)
     assert any(isinstance(e, EvalEnded) for e in events)

@@ -106,8 +106,8 @@ def _render_summary(console: Console, run_dir: Path) -> None:
         f"Eval loss:  {loss('initial_eval_loss')} at step 0 -> {loss('final_eval_loss')} "
         f"after {summary['steps']} steps",
         f"Train loss: {loss('final_train_loss')} (last logged)",
-        f"Time:       {summary['train_time_s']:.1f} s training, {summary['tokens_per_s']:,.0f} tokens/s, "
-        f"peak RSS {summary['peak_rss_mb']:,.0f} MB",
+        f"Time:       {summary['train_time_s']:.1f} s training ({summary['tokens_per_s']:,.0f} tokens/s), "
+        f"{summary['eval_time_s']:.1f} s evaluating, peak RSS {summary['peak_rss_mb']:,.0f} MB",
         f"Precision:  {summary['precision']} ({summary['precision_reason']})",
     ]
     if summary.get("merged_dir"):

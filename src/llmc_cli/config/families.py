@@ -63,7 +63,9 @@ FAMILIES: dict[str, Family] = {
         Family("tinyllama", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", ("llama",), ZEPHYR_TEMPLATE, 1.1),
         Family("phi", "microsoft/Phi-4-mini-instruct", ("phi", "phi3", "phimoe"), PHI_TEMPLATE, 3.8),
         Family("mistral", "mistralai/Mistral-7B-Instruct-v0.3", ("mistral", "mixtral"), MISTRAL_TEMPLATE, 7.2),
-        Family("qwen", "Qwen/Qwen2.5-1.5B-Instruct", ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe"), CHATML_TEMPLATE, 1.5),
+        Family(
+            "qwen", "Qwen/Qwen2.5-1.5B-Instruct", ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe"), CHATML_TEMPLATE, 1.5
+        ),
         Family("generic", "", (), CHATML_TEMPLATE, 0.0),
     )
 }

@@ -15,8 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import AliasChoices, Field, ValidationError, create_model
-from pydantic_settings import BaseSettings, DotEnvSettingsSource, EnvSettingsSource, SettingsConfigDict
-from pydantic_settings import TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from llmc_cli.config.schema import FIELD_SECTION, SECTIONS, SPEC_ENV_KEYS, RunConfig
 from llmc_cli.errors import ConfigError
@@ -88,8 +93,10 @@ def env_layers(env_file: Path | None = Path(".env")) -> list[Layer]:
 def toml_layer(path: Path) -> Layer:
     """Read ``llmc.toml``: flat keys at the top, or grouped under [model], [data], [lora], ..."""
     if not path.is_file():
-        raise ConfigError(f"Config file {path} does not exist.", hint="Pass an existing file to --config, "
-                          "or start from llmc.toml.example.")
+        raise ConfigError(
+            f"Config file {path} does not exist.",
+            hint="Pass an existing file to --config, or start from llmc.toml.example.",
+        )
     try:
         raw = TomlConfigSettingsSource(_EnvFields, toml_file=path)()
     except Exception as exc:  # tomllib.TOMLDecodeError carries the line and column

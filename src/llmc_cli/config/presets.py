@@ -7,11 +7,11 @@ key is a real config key.
 
 from __future__ import annotations
 
-import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from llmc_cli.config.schema import FIELD_SECTION, PRESET_NAMES

@@ -33,9 +33,7 @@ class ModelSettings(_Section):
         description="Local Hugging Face directory, hub id, family alias (tinyllama, phi, mistral, qwen) "
         "or 'auto' (picked from the detected hardware).",
     )
-    quantize: Quantize = Field(
-        "none", description="Load the frozen base weights in 8 or 4 bits (QLoRA, bitsandbytes)."
-    )
+    quantize: Quantize = Field("none", description="Load the frozen base weights in 8 or 4 bits (QLoRA, bitsandbytes).")
     precision: Precision = Field(
         "auto",
         description="Compute precision; 'auto' picks bf16 where the GPU or CPU has native bf16 "
@@ -55,18 +53,14 @@ class DataSettings(_Section):
     """Where the examples come from and how they become token sequences."""
 
     data: Path | None = Field(None, description="Training data: .jsonl, .json, .csv or .parquet.")
-    val_data: Path | None = Field(
-        None, description="Validation data; without it a split is held out from --data."
-    )
+    val_data: Path | None = Field(None, description="Validation data; without it a split is held out from --data.")
     format: DataFormat = Field(
         "auto",
         description="Example format: alpaca, prompt_completion, qa, chat (messages or ShareGPT "
         "conversations), text; 'auto' detects it from the fields.",
     )
     max_length: int = Field(1024, ge=16, le=131072, description="Longest token sequence trained on.")
-    overlong: Overlong = Field(
-        "truncate", description="What to do with examples longer than max_length."
-    )
+    overlong: Overlong = Field("truncate", description="What to do with examples longer than max_length.")
     limit: int | None = Field(None, ge=1, description="Use only the first N training examples.")
     train_on_prompt: bool = Field(
         False, description="Also compute the loss on prompt tokens (default: response tokens only)."
@@ -104,9 +98,7 @@ class TrainingSettings(_Section):
     """The optimisation schedule."""
 
     epochs: float = Field(3.0, gt=0, le=1000, description="Passes over the training data.")
-    max_steps: int | None = Field(
-        None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
-    )
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     lr: float = Field(2e-4, gt=0, le=10.0, description="Peak learning rate (AdamW).")
     batch_size: int = Field(4, ge=1, le=4096, description="Sequences per micro-batch.")
     grad_accum: int = Field(4, ge=1, le=4096, description="Micro-batches per optimizer step.")
@@ -116,9 +108,7 @@ class TrainingSettings(_Section):
     )
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Clip the gradient norm to this value.")
-    eval_every: int | None = Field(
-        None, ge=1, description="Evaluate every N steps (default: about ten times per run)."
-    )
+    eval_every: int | None = Field(None, ge=1, description="Evaluate every N steps (default: about ten times per run).")
     log_every: int = Field(1, ge=1, description="Log metrics every N optimizer steps.")
     seed: int = Field(42, ge=0, description="Seed for data order, dropout and initialisation.")
 
@@ -151,9 +141,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "training": TrainingSettings,
     "run": RunSettings,
 }
-FIELD_SECTION: dict[str, str] = {
-    name: section for section, cls in SECTIONS.items() for name in cls.model_fields
-}
+FIELD_SECTION: dict[str, str] = {name: section for section, cls in SECTIONS.items() for name in cls.model_fields}
 # Environment names from the specification, read with and without the LLMC_ prefix.
 SPEC_ENV_KEYS: tuple[str, ...] = (
     "enable_monitoring",

@@ -74,8 +74,7 @@ def normalise(path: Path, records: list[Record], forced: str = "auto") -> tuple[
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
         raise DataError(
             f"{path}: {len(problems)} of {len(records)} examples do not fit the {fmt} format:\n{listed}{more}",
-            hint=f"Fix those examples, or choose another --format. Format {fmt} needs "
-            f"{_needs(fmt)}.",
+            hint=f"Fix those examples, or choose another --format. Format {fmt} needs {_needs(fmt)}.",
         )
     return fmt, examples
 

@@ -131,6 +131,7 @@ def _summary(status, run_dir, adapter_dir, facts, result, started, error) -> dic
             steps=result.steps,
             epochs=round(result.epochs, 4),
             train_time_s=round(result.train_time_s, 3),
+            eval_time_s=round(result.eval_time_s, 3),
             tokens=result.tokens,
             tokens_per_s=round(result.tokens / max(result.train_time_s, 1e-9), 1),
             initial_eval_loss=result.initial_eval_loss,

@@ -22,7 +22,7 @@ from llmc_cli.data.packing import Collator
 from llmc_cli.data.templates import ensure_chat_template
 from llmc_cli.engine.events import EvalEnded, EventBus, RunStarted, StepEnded, TrainingWarning
 from llmc_cli.engine.interrupt import StopRequest
-from llmc_cli.engine.loss import summed_loss, target_count
+from llmc_cli.engine.loss import TokenLoss, target_count
 from llmc_cli.engine.plan import RunPlan
 from llmc_cli.errors import DataError, RunInterrupted, TrainingError
 from llmc_cli.models.loading import BILLION, add_lora, load_base_model, load_tokenizer, parameter_count
@@ -37,7 +37,8 @@ class FitResult:
 
     steps: int
     epochs: float
-    train_time_s: float
+    train_time_s: float  # optimizer steps only
+    eval_time_s: float  # evaluations, including the one at step 0 and the final one
     tokens: int
     initial_eval_loss: float | None
     final_eval_loss: float | None
@@ -55,6 +56,7 @@ class Trainer:
         self.bus = bus
         self.stop = stop
         self.eval_losses: list[float] = []
+        self.eval_time_s = 0.0
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -101,6 +103,14 @@ class Trainer:
         self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
             model, optimizer, train_loader, eval_loader
         )
+        self.loss = TokenLoss(self.model)
+        sample = {
+            k: v.to(self.accelerator.device) if torch.is_tensor(v) else v
+            for k, v in collate(self.rows.train[:1]).items()
+        }
+        with self.accelerator.autocast():
+            if not self.loss.verify(self.model, sample, rtol=1e-4 if self.precision == "fp32" else 2e-2):
+                self.bus.emit(TrainingWarning("loss", f"Using full-vocabulary logits: {self.loss.reason}."))
         self.steps_per_epoch = max(1, math.ceil(len(self.train_loader) / cfg.training.grad_accum))
         self.total_steps = cfg.training.max_steps or max(1, math.ceil(cfg.training.epochs * self.steps_per_epoch))
         self.eval_every = cfg.training.eval_every or max(1, self.total_steps // 10)
@@ -147,7 +157,7 @@ class Trainer:
         initial = self.evaluate(step=0)
         step, epoch, tokens_total, last_loss = 0, 0, 0, None
         interval = _Interval()
-        started = time.perf_counter()
+        started, eval_before = time.perf_counter(), self.eval_time_s
         self.model.train()
         while step < self.total_steps and not self.stop.requested:
             self.train_loader.set_epoch(epoch)
@@ -161,11 +171,12 @@ class Trainer:
                     interval = _Interval()
                 if step % self.eval_every == 0 and step < self.total_steps:
                     self.evaluate(step)
+                    interval.started = time.perf_counter()  # throughput counts training time only
                 if step >= self.total_steps or self.stop.requested:
                     break
             epoch += 1
         tokens_total += interval.tokens
-        train_time = time.perf_counter() - started
+        train_time = time.perf_counter() - started - (self.eval_time_s - eval_before)
         if self.stop.requested:
             self.bus.emit(TrainingWarning("interrupted", f"{self.stop.reason}: stopped after step {step}"))
             self.save_adapter(self.run_dir / "interrupted")
@@ -179,6 +190,7 @@ class Trainer:
             steps=step,
             epochs=step / self.steps_per_epoch,
             train_time_s=train_time,
+            eval_time_s=self.eval_time_s,
             tokens=tokens_total,
             initial_eval_loss=initial,
             final_eval_loss=final,
@@ -197,7 +209,7 @@ class Trainer:
         for index, batch in enumerate(window):
             last = index == len(window) - 1
             with nullcontext() if last else acc.no_sync(self.model):
-                loss = summed_loss(self.model, batch)
+                loss = self.loss(self.model, batch)
                 acc.backward(loss * scale)
             loss_sum += loss.detach()
         grad_norm = acc.clip_grad_norm_(self.params, self.config.training.max_grad_norm)
@@ -216,19 +228,21 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.accelerator.device, dtype=torch.float64)
         targets = torch.zeros((), device=self.accelerator.device, dtype=torch.long)
         for batch in self.eval_loader:
-            loss_sum += summed_loss(self.model, batch).double()
+            loss_sum += self.loss(self.model, batch).double()
             targets += target_count(batch)
         self.model.train()
         loss_sum, targets = self.accelerator.reduce(loss_sum, "sum"), self.accelerator.reduce(targets, "sum")
         eval_loss = (loss_sum / targets.clamp(min=1)).item()
         self.eval_losses.append(eval_loss)
+        duration = time.perf_counter() - started
+        self.eval_time_s += duration
         self.bus.emit(
             EvalEnded(
                 step=step,
                 eval_loss=eval_loss,
                 perplexity=math.exp(min(eval_loss, 50.0)),
                 tokens=int(targets.item()),
-                duration_s=time.perf_counter() - started,
+                duration_s=duration,
             )
         )
         return eval_loss
@@ -292,6 +306,8 @@ class Trainer:
             "precision": self.precision,
             "precision_reason": self.precision_reason,
             "gradient_checkpointing": self.gradient_checkpointing,
+            "fused_loss": self.loss.fused,
+            "fused_loss_reason": self.loss.reason,
             "chat_template": self.template_origin,
             "data_format": self.plan.data.format,
             "validation": self.plan.data.val_source,

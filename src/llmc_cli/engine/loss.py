@@ -3,9 +3,20 @@
 Losses are summed here and divided by the target-token count of the whole accumulation
 window by the loop, so every target token weighs the same whatever micro-batch it sits
 in (the mean-of-means of naive accumulation over-weights short batches).
+
+The output projection dominates small and medium models: for a 32,000-token vocabulary
+the logits of one 512-token sequence take 65 MB in fp32, and most positions (prompts,
+padding) carry no loss. ``TokenLoss`` therefore projects only the target positions, a
+chunk at a time, and computes the gradient with respect to the hidden states in the same
+pass (softmax minus one-hot, times the head weights), so neither full logits nor their
+gradient ever exist. It applies only where the head is a frozen ``nn.Linear`` and the
+model returns exactly ``head(hidden)`` as logits; ``verify`` checks that on a real batch
+before training, and any model that fails it keeps the plain path.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +24,8 @@ import torch.nn.functional as F
 from llmc_cli.data.tokenize import IGNORE
 
 MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask")
+CHUNK_BYTES = 16 * 2**20  # fp32 logits per chunk: large enough for fast matmuls, small enough
+# to be reused by the allocator instead of mapped fresh (page faults) each time
 
 
 def target_count(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -20,14 +33,122 @@ def target_count(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return batch["labels"][:, 1:].ne(IGNORE).sum()
 
 
-def summed_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum of cross-entropy over the batch's target tokens, in fp32."""
-    inputs = {key: batch[key] for key in MODEL_INPUTS if key in batch}
-    logits = model(**inputs, use_cache=False).logits
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: batch[key] for key in MODEL_INPUTS if key in batch}
+
+
+def plain_summed_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of cross-entropy over the batch's target tokens from full fp32 logits."""
+    logits = model(**model_inputs(batch), use_cache=False).logits
     vocab = logits.shape[-1]
     return F.cross_entropy(
         logits[:, :-1, :].reshape(-1, vocab).float(),
         batch["labels"][:, 1:].reshape(-1),
         ignore_index=IGNORE,
         reduction="sum",
+    )
+
+
+def _chunked_cross_entropy(hidden, weight, bias, targets, chunk_rows, want_grad):
+    """Summed CE of ``linear(hidden)`` against ``targets``, and its gradient w.r.t. ``hidden`` if wanted."""
+    loss = torch.zeros((), device=hidden.device, dtype=torch.float32)
+    grad = torch.empty_like(hidden) if want_grad else None
+    for start in range(0, hidden.shape[0], chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        log_probs = torch.log_softmax(F.linear(hidden[rows], weight, bias).float(), dim=-1)
+        picked = targets[rows]
+        loss -= log_probs.gather(1, picked[:, None]).sum()
+        if grad is not None:
+            probs = log_probs.exp_()  # in place: one vocabulary-wide buffer per chunk
+            probs[torch.arange(len(picked), device=probs.device), picked] -= 1.0
+            grad[rows] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+    return loss, grad
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Autograd wrapper: the hidden-state gradient is computed in forward and scaled in backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_rows):  # noqa: ANN001 (autograd signature)
+        loss, grad = _chunked_cross_entropy(hidden, weight, bias, targets, chunk_rows, want_grad=True)
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):  # noqa: ANN001
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss.to(grad.dtype), None, None, None, None
+
+
+@contextmanager
+def _capture_head_input(head: torch.nn.Module):
+    """Record the hidden states entering ``head`` and let it project only the last position."""
+    captured: list[torch.Tensor] = []
+
+    def hook(module, args):
+        captured.append(args[0])
+        return (args[0][:, -1:, :],)
+
+    handle = head.register_forward_pre_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+class TokenLoss:
+    """Summed target-token cross-entropy for one model; fused when the model allows it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        head = _output_head(model)
+        self.head = head if _fusable(head) else None
+        self.reason = "frozen linear head" if self.head is not None else "output head is trainable or not nn.Linear"
+
+    @property
+    def fused(self) -> bool:
+        return self.head is not None
+
+    def __call__(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.head is None:
+            return plain_summed_loss(model, batch)
+        with _capture_head_input(self.head) as captured:
+            model(**model_inputs(batch), use_cache=False)
+        hidden = captured[-1][:, :-1, :]
+        labels = batch["labels"][:, 1:]
+        mask = labels.ne(IGNORE)
+        weight = self.head.weight
+        chunk_rows = max(16, CHUNK_BYTES // (4 * weight.shape[0]))
+        args = (hidden[mask], weight, self.head.bias, labels[mask], chunk_rows)
+        if torch.is_grad_enabled() and args[0].requires_grad:
+            return _LinearCrossEntropy.apply(*args)
+        return _chunked_cross_entropy(*args, want_grad=False)[0]
+
+    @torch.no_grad()
+    def verify(self, model, batch: dict[str, torch.Tensor], rtol: float) -> bool:
+        """Check the fused loss against full logits on one batch; fall back for good if they differ."""
+        if self.head is None:
+            return False
+        was_training = model.training
+        model.eval()
+        try:
+            fused, plain = self(model, batch), plain_summed_loss(model, batch)
+        finally:
+            model.train(was_training)
+        if not torch.isclose(fused, plain, rtol=rtol, atol=1e-3).item():
+            self.head = None
+            self.reason = f"fused loss {fused.item():.4f} differs from full logits {plain.item():.4f}"
+        return self.fused
+
+
+def _output_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    inner = getattr(model, "module", model)  # DDP and friends wrap the model in .module
+    get = getattr(inner, "get_output_embeddings", None)
+    return get() if callable(get) else None
+
+
+def _fusable(head: torch.nn.Module | None) -> bool:
+    return (
+        type(head) is torch.nn.Linear
+        and not any(p.requires_grad for p in head.parameters())
+        and head.weight.device.type != "meta"
     )

@@ -26,12 +26,21 @@ def test_every_preset_resolves_to_a_valid_config(family, preset, size):
     ],
 )
 def test_tinyllama_schedule_matches_the_specification(preset, expected):
-    got = [(values["epochs"], values["lr"]) for _, values in (BOOK.layer("tinyllama", preset, n) for n in (999, 1000, 10000))]
+    got = [
+        (values["epochs"], values["lr"])
+        for _, values in (BOOK.layer("tinyllama", preset, n) for n in (999, 1000, 10000))
+    ]
     assert got == expected
 
 
 def test_buckets_and_unknown_family():
-    assert [BOOK.buckets.bucket(n) for n in (0, 999, 1000, 9999, 10000)] == ["small", "small", "medium", "medium", "large"]
+    assert [BOOK.buckets.bucket(n) for n in (0, 999, 1000, 9999, 10000)] == [
+        "small",
+        "small",
+        "medium",
+        "medium",
+        "large",
+    ]
     label, _ = BOOK.layer("falcon", "quality", 50)
     assert label == "preset:generic/quality/small"
 
@@ -47,7 +56,10 @@ def test_bad_preset_table_is_rejected(tmp_path):
                 "buckets": {"small_below": 10, "large_from": 100},
                 "families": {
                     "x": {
-                        name: {"base": {"lora_rank": 8}, **{b: {"epochs": 1, "lr": 1e-4} for b in ("small", "medium", "large")}}
+                        name: {
+                            "base": {"lora_rank": 8},
+                            **{b: {"epochs": 1, "lr": 1e-4} for b in ("small", "medium", "large")},
+                        }
                         for name in PRESET_NAMES
                     }
                 },

@@ -27,13 +27,16 @@ def test_invalid_json_reports_the_line(tmp_path):
         read_records(path)
 
 
-@pytest.mark.parametrize(("name", "text", "match"), [
-    ("e.jsonl", "", "is empty"),
-    ("e.jsonl", "\n  \n", "is empty"),
-    ("e.txt", "x", "unsupported file type '.txt'"),
-    ("e.json", '{"a": 1}', "expected an array"),
-    ("e.jsonl", "[1, 2]\n", "line 1: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        ("e.jsonl", "", "is empty"),
+        ("e.jsonl", "\n  \n", "is empty"),
+        ("e.txt", "x", "unsupported file type '.txt'"),
+        ("e.json", '{"a": 1}', "expected an array"),
+        ("e.jsonl", "[1, 2]\n", "line 1: expected a JSON object"),
+    ],
+)
 def test_unusable_files(tmp_path, name, text, match):
     with pytest.raises(DataError, match=match):
         read_records(write(tmp_path, name, text))
@@ -59,15 +62,35 @@ def test_csv_and_json_array_and_limit(tmp_path):
     assert [r.fields["text"] for r in read_records(array, limit=2)] == ["a", "b"]
 
 
-@pytest.mark.parametrize(("record", "fmt", "messages"), [
-    ({"instruction": "Add", "input": "1 and 2", "output": "3"}, "alpaca", (("user", "Add\n\n1 and 2"), ("assistant", "3"))),
-    ({"instruction": "Say hi", "output": "hi"}, "alpaca", (("user", "Say hi"), ("assistant", "hi"))),
-    ({"prompt": "p", "completion": "c"}, "prompt_completion", (("user", "p"), ("assistant", "c"))),
-    ({"question": "q", "answer": "a"}, "qa", (("user", "q"), ("assistant", "a"))),
-    ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]},
-     "chat", (("system", "s"), ("user", "u"), ("assistant", "a"))),
-    ({"conversations": [{"from": "human", "value": "u"}, {"from": "gpt", "value": "a"}]}, "chat", (("user", "u"), ("assistant", "a"))),
-])
+@pytest.mark.parametrize(
+    ("record", "fmt", "messages"),
+    [
+        (
+            {"instruction": "Add", "input": "1 and 2", "output": "3"},
+            "alpaca",
+            (("user", "Add\n\n1 and 2"), ("assistant", "3")),
+        ),
+        ({"instruction": "Say hi", "output": "hi"}, "alpaca", (("user", "Say hi"), ("assistant", "hi"))),
+        ({"prompt": "p", "completion": "c"}, "prompt_completion", (("user", "p"), ("assistant", "c"))),
+        ({"question": "q", "answer": "a"}, "qa", (("user", "q"), ("assistant", "a"))),
+        (
+            {
+                "messages": [
+                    {"role": "system", "content": "s"},
+                    {"role": "user", "content": "u"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },
+            "chat",
+            (("system", "s"), ("user", "u"), ("assistant", "a")),
+        ),
+        (
+            {"conversations": [{"from": "human", "value": "u"}, {"from": "gpt", "value": "a"}]},
+            "chat",
+            (("user", "u"), ("assistant", "a")),
+        ),
+    ],
+)
 def test_formats_are_detected_and_normalised(tmp_path, record, fmt, messages):
     fmt_found, examples = normalise(tmp_path / "x.jsonl", read_records(write(tmp_path, "x.jsonl", lines(record))))
     assert fmt_found == fmt
@@ -80,7 +103,11 @@ def test_text_format(tmp_path):
 
 
 def test_mixed_formats_are_refused_with_the_odd_line(tmp_path):
-    path = write(tmp_path, "m.jsonl", lines({"question": "q", "answer": "a"}, {"question": "q", "answer": "a"}, {"prompt": "p", "completion": "c"}))
+    path = write(
+        tmp_path,
+        "m.jsonl",
+        lines({"question": "q", "answer": "a"}, {"question": "q", "answer": "a"}, {"prompt": "p", "completion": "c"}),
+    )
     with pytest.raises(DataError, match=r"mixes formats \(2 qa, 1 prompt_completion\); line 3 is prompt_completion"):
         normalise(path, read_records(path))
 
@@ -92,7 +119,16 @@ def test_unknown_fields_are_refused(tmp_path):
 
 
 def test_forced_format_lists_every_bad_example(tmp_path):
-    path = write(tmp_path, "f.jsonl", lines({"question": "q", "answer": "a"}, {"question": "q"}, {"question": "q", "answer": 3}, {"question": "", "answer": "a"}))
+    path = write(
+        tmp_path,
+        "f.jsonl",
+        lines(
+            {"question": "q", "answer": "a"},
+            {"question": "q"},
+            {"question": "q", "answer": 3},
+            {"question": "", "answer": "a"},
+        ),
+    )
     with pytest.raises(DataError) as info:
         normalise(path, read_records(path), "qa")
     message = info.value.message
@@ -103,13 +139,19 @@ def test_forced_format_lists_every_bad_example(tmp_path):
 
 
 def test_chat_needs_an_assistant_turn_and_known_roles(tmp_path):
-    path = write(tmp_path, "c.jsonl", lines({"messages": [{"role": "user", "content": "u"}]}, {"messages": [{"role": "bot", "content": "u"}]}))
+    path = write(
+        tmp_path,
+        "c.jsonl",
+        lines({"messages": [{"role": "user", "content": "u"}]}, {"messages": [{"role": "bot", "content": "u"}]}),
+    )
     with pytest.raises(DataError) as info:
         normalise(path, read_records(path))
     assert "line 1: no non-empty assistant turn" in info.value.message
     assert "line 2: turn 1 has role 'bot'" in info.value.message
 
 
-@pytest.mark.parametrize(("n", "expected"), [(5, 0), (10, 1), (100, 10), (2000, 200), (2001, 100), (7473, 374), (50000, 500)])
+@pytest.mark.parametrize(
+    ("n", "expected"), [(5, 0), (10, 1), (100, 10), (2000, 200), (2001, 100), (7473, 374), (50000, 500)]
+)
 def test_validation_size_scales_with_the_dataset(n, expected):
     assert validation_size(n) == expected

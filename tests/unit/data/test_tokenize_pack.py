@@ -53,7 +53,9 @@ def test_text_examples_end_with_eos(tokenizer):
 
 
 def test_packing_keeps_every_example_once_within_budget(tokenizer):
-    examples = [Example(i, messages=(("user", "q" * (i % 17 + 1)), ("assistant", "a" * (i % 5 + 1)))) for i in range(60)]
+    examples = [
+        Example(i, messages=(("user", "q" * (i % 17 + 1)), ("assistant", "a" * (i % 5 + 1)))) for i in range(60)
+    ]
     encoded, _ = encode(tokenizer, examples, 64)
     rows = pack(encoded, 64, seed=0)
     assert all(len(row.input_ids) <= 64 for row in rows)
@@ -66,7 +68,7 @@ def test_packing_keeps_every_example_once_within_budget(tokenizer):
 
 def _segments(positions):
     starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
-    return list(zip(starts, starts[1:]))
+    return list(zip(starts, starts[1:], strict=False))
 
 
 def test_packed_rows_do_not_attend_across_examples(tiny_model_dir):
