@@ -213,3 +213,16 @@ def test_presets_commands(tmp_path):
     }
     assert rows["lr"] == ["0.001", "preset:tinyllama/highspeed/small"]
     assert rows["lora_r"] == ["4", "env:LLMC_LORA_R"]
+
+
+def test_shipped_bash_completion_completes_commands_and_choices(tmp_path):
+    """completions/llmc.bash sourced in a real bash, with llmc as a shell function."""
+    script = Path(__file__).resolve().parents[2] / "completions" / "llmc.bash"
+    llmc_fn = f'llmc() {{ {" ".join(map(repr, LLMC))} "$@"; }}'
+    probe = (
+        f"{llmc_fn}; source {script}; "
+        'COMP_WORDS=(llmc train --preset ""); COMP_CWORD=3; _llmc_completion llmc; echo "${COMPREPLY[*]}"; '
+        'COMP_WORDS=(llmc pre); COMP_CWORD=1; _llmc_completion llmc; echo "${COMPREPLY[*]}"'
+    )
+    result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.stdout.splitlines() == ["highspeed quality bestaccuracy", "presets"], result.stderr

@@ -54,11 +54,16 @@ def demo_layer() -> Layer:
     return Layer("demo", values)
 
 
+DEFAULT_CONFIG = Path("llmc.toml")
+
+
 def user_layers(
     flags: dict[str, Any], config_file: Path | None = None, env_file: Path | None = Path(".env"), demo: bool = False
 ) -> list[Layer]:
-    """The layers above the preset, lowest first."""
+    """The layers above the preset, lowest first; ``./llmc.toml`` is read when no file is named."""
     layers = [demo_layer()] if demo else []
+    if config_file is None and DEFAULT_CONFIG.is_file():
+        config_file = DEFAULT_CONFIG
     if config_file is not None:
         layers.append(toml_layer(config_file))
     return [*layers, *env_layers(env_file), cli_layer(flags)]

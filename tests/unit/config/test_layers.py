@@ -88,3 +88,16 @@ def test_example_toml_documents_every_key_and_is_current():
     for key in FIELD_SECTION:
         assert f"{key} = " in text
     resolve([toml_layer(ROOT / "llmc.toml.example")])  # the example itself is a valid config
+
+
+def test_llmc_toml_in_the_working_directory_is_read_unless_another_is_named(tmp_path, monkeypatch):
+    from llmc_cli.engine.plan import user_layers
+
+    monkeypatch.chdir(tmp_path)
+    assert [layer.label for layer in user_layers({}, env_file=None)] == ["env", "cli"]
+    Path("llmc.toml").write_text("lora_r = 4\n")
+    other = tmp_path / "other.toml"
+    other.write_text("lora_r = 2\n")
+
+    assert resolve(user_layers({}, env_file=None)).config.lora.lora_r == 4
+    assert resolve(user_layers({}, config_file=other, env_file=None)).config.lora.lora_r == 2
