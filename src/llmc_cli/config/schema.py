@@ -108,7 +108,12 @@ class TrainingSettings(_Section):
     )
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Clip the gradient norm to this value.")
-    eval_every: int | None = Field(None, ge=1, description="Evaluate every N steps (default: about ten times per run).")
+    eval_every: int | None = Field(
+        None,
+        ge=1,
+        description="Evaluate every N steps (default: ten times per run, fewer when evaluating would cost more "
+        "than a quarter of the training compute).",
+    )
     log_every: int = Field(1, ge=1, description="Log metrics every N optimizer steps.")
     seed: int = Field(42, ge=0, description="Seed for data order, dropout and initialisation.")
 

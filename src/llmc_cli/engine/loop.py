@@ -113,7 +113,9 @@ class Trainer:
                 self.bus.emit(TrainingWarning("loss", f"Using full-vocabulary logits: {self.loss.reason}."))
         self.steps_per_epoch = max(1, math.ceil(len(self.train_loader) / cfg.training.grad_accum))
         self.total_steps = cfg.training.max_steps or max(1, math.ceil(cfg.training.epochs * self.steps_per_epoch))
-        self.eval_every = cfg.training.eval_every or max(1, self.total_steps // 10)
+        self.eval_every = cfg.training.eval_every or default_eval_interval(
+            self.total_steps, self.rows.train_report.tokens / self.steps_per_epoch, self.rows.val_report.tokens
+        )
         # Not prepared: accelerate would step it once per process; this one steps once per update.
         self.scheduler = get_scheduler(
             "constant_with_warmup" if cfg.training.scheduler == "constant" else cfg.training.scheduler,
@@ -316,6 +318,21 @@ class Trainer:
             "train_rows": len(self.rows.train),
             "data": {"train": vars(self.rows.train_report), "val": vars(self.rows.val_report)},
         }
+
+
+EVAL_SHARE = 0.25  # evaluation may cost up to this share of the training compute
+
+
+def default_eval_interval(total_steps: int, tokens_per_step: float, val_tokens: int) -> int:
+    """Steps between evaluations: ten per run, fewer when the validation set is large next to the run.
+
+    A forward pass costs about a third of a training step per token, so evaluating
+    ``val_tokens`` costs ``val_tokens / 3`` training tokens. The evaluation at step 0 and the
+    one at the end always happen; an interval of ``total_steps`` means no others.
+    """
+    affordable = int(EVAL_SHARE * 3 * total_steps * tokens_per_step / max(val_tokens, 1))
+    evaluations = min(10, max(1, affordable - 1))  # scheduled ones, the final one included
+    return max(1, math.ceil(total_steps / evaluations))
 
 
 class _Interval:

@@ -2,6 +2,8 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from llmc_cli.engine.events import EvalEnded, EventBus, TrainingWarning
 from llmc_cli.optimize.hardware import Hardware, choose_precision, cpu_has_native_bf16
 
@@ -58,3 +60,22 @@ def test_cli_import_does_not_import_torch():
     code = "import sys, llmc_cli.cli.app; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize(
+    ("steps", "tokens_per_step", "val_tokens", "interval"),
+    [
+        (100, 4000, 4000, 10),  # small validation set: ten evaluations
+        (30, 4000, 80000, 30),  # validation set as large as the run: only step 0 and the end
+        (38, 1500, 45000, 38),
+        (1000, 4000, 80000, 100),
+        (40, 4000, 40000, 20),  # 0.25 x 3 x 40 x 4000 / 40000 = 3 affordable: steps 0, 20, 40
+        (1, 10, 10**6, 1),
+    ],
+)
+def test_default_eval_interval_keeps_evaluation_within_a_quarter_of_training(
+    steps, tokens_per_step, val_tokens, interval
+):
+    from llmc_cli.engine.loop import default_eval_interval
+
+    assert default_eval_interval(steps, tokens_per_step, val_tokens) == interval
