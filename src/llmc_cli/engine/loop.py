@@ -26,6 +26,7 @@ from llmc_cli.engine.loss import TokenLoss, target_count
 from llmc_cli.engine.plan import RunPlan
 from llmc_cli.errors import DataError, RunInterrupted, TrainingError
 from llmc_cli.models.loading import BILLION, add_lora, load_base_model, load_tokenizer, parameter_count
+from llmc_cli.optimize.dropout import use_fast_lora_dropout
 from llmc_cli.optimize.hardware import Hardware, choose_precision, detect
 
 ACCELERATE_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
@@ -90,6 +91,7 @@ class Trainer:
             else cfg.model.enable_gradient_checkpointing
         )
         model = add_lora(model, cfg.lora, self.gradient_checkpointing, cfg.model.quantize != "none")
+        self.fast_dropout = self.hardware.device == "cpu" and use_fast_lora_dropout(model) > 0
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.trainable_params = sum(p.numel() for p in self.params)
         optimizer = torch.optim.AdamW(self.params, lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
@@ -309,6 +311,7 @@ class Trainer:
             "precision_reason": self.precision_reason,
             "gradient_checkpointing": self.gradient_checkpointing,
             "fused_loss": self.loss.fused,
+            "fast_lora_dropout": self.fast_dropout,
             "fused_loss_reason": self.loss.reason,
             "chat_template": self.template_origin,
             "data_format": self.plan.data.format,
