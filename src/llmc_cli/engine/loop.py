@@ -22,10 +22,12 @@ from llmc_cli.data.packing import Collator
 from llmc_cli.data.templates import ensure_chat_template
 from llmc_cli.engine.events import EvalEnded, EventBus, RunStarted, StepEnded, TrainingWarning
 from llmc_cli.engine.interrupt import StopRequest
-from llmc_cli.engine.loss import TokenLoss, target_count
+from llmc_cli.engine.loss import TokenLoss, model_inputs, target_count
 from llmc_cli.engine.plan import RunPlan
 from llmc_cli.errors import DataError, RunInterrupted, TrainingError
 from llmc_cli.models.loading import BILLION, add_lora, load_base_model, load_tokenizer, parameter_count
+from llmc_cli.optimize.attention import NAME as ATTENTION_NAME
+from llmc_cli.optimize.attention import matches_stock_attention, use_packed_attention
 from llmc_cli.optimize.dropout import use_fast_lora_dropout
 from llmc_cli.optimize.hardware import Hardware, choose_precision, detect
 
@@ -84,6 +86,8 @@ class Trainer:
         self.rows = self._build_rows()
 
         model = load_base_model(self.plan.source, self.precision, cfg.model.quantize)
+        base = model
+        stock_attention = use_packed_attention(model) if cfg.data.packing else None
         self.total_params = parameter_count(model)
         self.gradient_checkpointing = (
             self.total_params >= BILLION
@@ -113,6 +117,15 @@ class Trainer:
         with self.accelerator.autocast():
             if not self.loss.verify(self.model, sample, rtol=1e-4 if self.precision == "fp32" else 2e-2):
                 self.bus.emit(TrainingWarning("loss", f"Using full-vocabulary logits: {self.loss.reason}."))
+            self.attention = stock_attention or getattr(base.config, "_attn_implementation", "unknown")
+            inputs = model_inputs(sample)
+            atol = 1e-3 if self.precision == "fp32" else 5e-2
+            if stock_attention and matches_stock_attention(self.model, base, inputs, stock_attention, atol):
+                self.attention = ATTENTION_NAME
+            elif stock_attention:
+                self.bus.emit(
+                    TrainingWarning("attention", f"Packed attention differs on this model; using {stock_attention}.")
+                )
         self.steps_per_epoch = max(1, math.ceil(len(self.train_loader) / cfg.training.grad_accum))
         self.total_steps = cfg.training.max_steps or max(1, math.ceil(cfg.training.epochs * self.steps_per_epoch))
         self.eval_every = cfg.training.eval_every or default_eval_interval(
@@ -312,6 +325,7 @@ class Trainer:
             "gradient_checkpointing": self.gradient_checkpointing,
             "fused_loss": self.loss.fused,
             "fast_lora_dropout": self.fast_dropout,
+            "attention": self.attention,
             "fused_loss_reason": self.loss.reason,
             "chat_template": self.template_origin,
             "data_format": self.plan.data.format,

@@ -1,0 +1,108 @@
+"""Causal attention per packed example, without a block-diagonal mask.
+
+A packed row holds several examples; position ids restart at 0 where each begins. The
+stock SDPA path builds a (T x T) mask that blocks attention across examples and then runs
+the masked kernel over the whole square, so most of the work lands on blocked entries. This
+implementation cuts each row at its position-id restarts and runs causal SDPA on each
+example alone: the same result, with work proportional to the sum of squared example
+lengths instead of the row length squared.
+
+It is registered with transformers' ``AttentionInterface`` under ``llmc_packed`` and applies
+only to plain causal self-attention: the loop checks the logits against the stock
+implementation on a real packed batch before training (see ``engine.loop``) and keeps the
+stock path for any model that differs (sliding windows, soft-capping, attention sinks).
+Rows are padded on the right only (llmc's collator), so causality alone keeps real tokens
+from attending to padding; the 2-D padding mask is therefore not needed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NAME = "llmc_packed"
+
+
+def packed_causal_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    position_ids: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """(batch, heads, T, dim) in, (batch, T, heads, dim) out, as transformers' attention functions."""
+    batch, _, length, _ = query.shape
+    gqa = query.shape[1] != key.shape[1]
+    rows = []
+    for b in range(batch):
+        parts = [
+            F.scaled_dot_product_attention(
+                query[b : b + 1, :, start:end],
+                key[b : b + 1, :, start:end],
+                value[b : b + 1, :, start:end],
+                dropout_p=dropout,
+                is_causal=True,
+                scale=scaling,
+                enable_gqa=gqa,
+            )
+            for start, end in _segments(position_ids, b, length)
+        ]
+        rows.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
+    output = rows[0] if batch == 1 else torch.cat(rows, dim=0)
+    return output.transpose(1, 2).contiguous(), None
+
+
+def _segments(position_ids: torch.Tensor | None, row: int, length: int) -> list[tuple[int, int]]:
+    if position_ids is None:
+        return [(0, length)]
+    ids = position_ids[min(row, position_ids.shape[0] - 1)]
+    starts = torch.nonzero(ids == 0).flatten().tolist()
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    return list(zip(starts, [*starts[1:], length], strict=True))
+
+
+def register() -> str:
+    """Make ``llmc_packed`` known to transformers (idempotent); returns its name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(NAME, packed_causal_attention)
+    return NAME
+
+
+def use_packed_attention(model: torch.nn.Module) -> str | None:
+    """Switch ``model`` to ``llmc_packed``; returns the implementation it had, or None if it cannot switch."""
+    config = getattr(model, "config", None)
+    previous = getattr(config, "_attn_implementation", None)
+    if previous not in {"sdpa", "eager"} or getattr(config, "is_encoder_decoder", False):
+        return None
+    try:
+        model.set_attn_implementation(register())
+    except (ValueError, NotImplementedError, AttributeError):
+        return None
+    return previous
+
+
+@torch.no_grad()
+def matches_stock_attention(model, base, inputs: dict[str, torch.Tensor], stock: str, atol: float) -> bool:
+    """Compare logits under ``llmc_packed`` and the ``stock`` implementation; keep the former only if they agree.
+
+    ``model`` is what the loop calls (perhaps PEFT- or accelerate-wrapped); ``base`` the transformers
+    model whose implementation is switched.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        ours = model(**inputs, use_cache=False).logits
+        base.set_attn_implementation(stock)
+        reference = model(**inputs, use_cache=False).logits
+    finally:
+        model.train(was_training)
+    agree = bool(torch.allclose(ours.float(), reference.float(), rtol=0.0, atol=atol))
+    if agree:
+        base.set_attn_implementation(NAME)
+    return agree
