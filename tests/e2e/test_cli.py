@@ -216,13 +216,15 @@ def test_presets_commands(tmp_path):
 
 
 def test_shipped_bash_completion_completes_commands_and_choices(tmp_path):
-    """completions/llmc.bash sourced in a real bash, with llmc as a shell function."""
+    """completions/llmc.bash sourced in a real bash, calling the installed llmc command."""
     script = Path(__file__).resolve().parents[2] / "completions" / "llmc.bash"
-    llmc_fn = f'llmc() {{ {" ".join(map(repr, LLMC))} "$@"; }}'
+    bin_dir = Path(sys.executable).parent  # the venv's bin, where pip put the llmc entry point
+    assert (bin_dir / "llmc").is_file(), "llmc is not installed next to this Python"
     probe = (
-        f"{llmc_fn}; source {script}; "
+        f"source {script}; "
         'COMP_WORDS=(llmc train --preset ""); COMP_CWORD=3; _llmc_completion llmc; echo "${COMPREPLY[*]}"; '
         'COMP_WORDS=(llmc pre); COMP_CWORD=1; _llmc_completion llmc; echo "${COMPREPLY[*]}"'
     )
-    result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert result.stdout.splitlines() == ["highspeed quality bestaccuracy", "presets"], result.stderr
