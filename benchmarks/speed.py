@@ -145,12 +145,9 @@ def _dataset(rows):
     return Dataset.from_list([{**r, "attention_mask": [1] * len(r["input_ids"])} for r in rows])
 
 
-def _steps_batch(facts: dict, packed: bool) -> int:
-    """Sequences per step giving about EXAMPLES_PER_STEP examples (packed rows hold several)."""
-    if not packed:
-        return EXAMPLES_PER_STEP
-    per_row = MAX_LENGTH / facts["mean_length"]
-    return max(1, round(EXAMPLES_PER_STEP / per_row))
+def _packed_rows_per_step(facts: dict) -> int:
+    """Packed rows per step holding about EXAMPLES_PER_STEP examples."""
+    return max(1, round(EXAMPLES_PER_STEP * facts["mean_length"] / MAX_LENGTH))
 
 
 def _hf_like(kind: str, facts: dict, rows: dict, out: Path) -> dict:
@@ -164,21 +161,21 @@ def _hf_like(kind: str, facts: dict, rows: dict, out: Path) -> dict:
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token  # as the tutorials do
     model = AutoModelForCausalLM.from_pretrained(facts["model_dir"])
     train = _dataset(rows["train"])
+    common = dict(
+        output_dir=str(out),
+        num_train_epochs=1,
+        learning_rate=LR,
+        logging_steps=5,
+        save_strategy="no",
+        report_to="none",
+        seed=SEED,
+        use_cpu=not torch.cuda.is_available(),
+    )
     if kind == "hf":
         from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
-        args = TrainingArguments(
-            output_dir=str(out),
-            per_device_train_batch_size=EXAMPLES_PER_STEP,
-            num_train_epochs=1,
-            learning_rate=LR,
-            logging_steps=5,
-            save_strategy="no",
-            report_to="none",
-            seed=SEED,
-            use_cpu=not torch.cuda.is_available(),
-        )
+        args = TrainingArguments(per_device_train_batch_size=EXAMPLES_PER_STEP, **common)
         trainer = Trainer(
             model=model, args=args, train_dataset=train, data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True)
         )
@@ -186,18 +183,11 @@ def _hf_like(kind: str, facts: dict, rows: dict, out: Path) -> dict:
         from trl import SFTConfig, SFTTrainer
 
         args = SFTConfig(
-            output_dir=str(out),
-            per_device_train_batch_size=_steps_batch(facts, packed=True),
-            num_train_epochs=1,
-            learning_rate=LR,
-            logging_steps=5,
-            save_strategy="no",
-            report_to="none",
-            seed=SEED,
+            per_device_train_batch_size=_packed_rows_per_step(facts),
             packing=True,
             max_length=MAX_LENGTH,
             bf16=True,
-            use_cpu=not torch.cuda.is_available(),
+            **common,
         )
         trainer = SFTTrainer(
             model=model,
@@ -239,7 +229,7 @@ class _TimeBudget:
         return control
 
 
-def _llmc(facts: dict, rows: dict, out: Path) -> dict:
+def _llmc(facts: dict, out: Path) -> dict:
     from llmc_cli import FineTuner
 
     run_dir = FineTuner(
@@ -255,7 +245,7 @@ def _llmc(facts: dict, rows: dict, out: Path) -> dict:
         lr=LR,
         epochs=1,
         max_length=MAX_LENGTH,
-        batch_size=_steps_batch(facts, packed=True),
+        batch_size=_packed_rows_per_step(facts),
         grad_accum=1,
         seed=SEED,
     ).train()
@@ -295,7 +285,7 @@ def worker(kind: str, work: Path, round_index: int) -> None:
     facts = json.loads((work / "facts.json").read_text())
     rows = json.loads((work / "rows.json").read_text())
     out = work / f"{kind}-{round_index}"
-    result = _llmc(facts, rows, out) if kind == "llmc" else _hf_like(kind, facts, rows, out)
+    result = _llmc(facts, out) if kind == "llmc" else _hf_like(kind, facts, rows, out)
     result["wall_s"] = time.perf_counter() - process_started
     result["peak_rss_mb"] = _peak_rss_mb()
     result["eval_loss"] = evaluate_adapter(facts, rows["test"], Path(result.get("adapter", out / "adapter")))

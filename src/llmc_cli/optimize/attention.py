@@ -38,7 +38,7 @@ def packed_causal_attention(
     batch, _, length, _ = query.shape
     gqa = query.shape[1] != key.shape[1]
     rows = []
-    for b in range(batch):
+    for b, segments in enumerate(_row_segments(position_ids, batch, length)):
         parts = [
             F.scaled_dot_product_attention(
                 query[b : b + 1, :, start:end],
@@ -49,21 +49,32 @@ def packed_causal_attention(
                 scale=scaling,
                 enable_gqa=gqa,
             )
-            for start, end in _segments(position_ids, b, length)
+            for start, end in segments
         ]
         rows.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
     output = rows[0] if batch == 1 else torch.cat(rows, dim=0)
     return output.transpose(1, 2).contiguous(), None
 
 
-def _segments(position_ids: torch.Tensor | None, row: int, length: int) -> list[tuple[int, int]]:
+_cache: tuple[torch.Tensor | None, list[list[tuple[int, int]]]] = (None, [])
+
+
+def _row_segments(position_ids: torch.Tensor | None, batch: int, length: int) -> list[list[tuple[int, int]]]:
+    """(start, end) of each example in each row, read once per forward pass, not once per layer."""
+    global _cache
     if position_ids is None:
-        return [(0, length)]
-    ids = position_ids[min(row, position_ids.shape[0] - 1)]
-    starts = torch.nonzero(ids == 0).flatten().tolist()
-    if not starts or starts[0] != 0:
-        starts = [0, *starts]
-    return list(zip(starts, [*starts[1:], length], strict=True))
+        return [[(0, length)]] * batch
+    if _cache[0] is position_ids:  # every layer of one forward pass gets the same tensor
+        return _cache[1]
+    ids = position_ids.expand(batch, -1).tolist()  # the one host read
+    segments = []
+    for row in ids:
+        starts = [i for i, p in enumerate(row) if p == 0]
+        if not starts or starts[0] != 0:
+            starts = [0, *starts]
+        segments.append(list(zip(starts, [*starts[1:], length], strict=True)))
+    _cache = (position_ids, segments)
+    return segments
 
 
 def register() -> str:
