@@ -26,6 +26,7 @@ from llmc_cli.engine.loss import TokenLoss, model_inputs, target_count
 from llmc_cli.engine.plan import RunPlan
 from llmc_cli.errors import DataError, RunInterrupted, TrainingError
 from llmc_cli.models.loading import BILLION, add_lora, load_base_model, load_tokenizer, parameter_count
+from llmc_cli.optimize.allocator import keep_freed_memory
 from llmc_cli.optimize.attention import NAME as ATTENTION_NAME
 from llmc_cli.optimize.attention import matches_stock_attention, use_packed_attention
 from llmc_cli.optimize.dropout import use_fast_lora_dropout
@@ -80,6 +81,7 @@ class Trainer:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         )
         set_seed(cfg.training.seed)
+        self.kept_freed_memory = self.hardware.device == "cpu" and keep_freed_memory()
 
         self.tokenizer = load_tokenizer(self.plan.source)
         self.template_origin = ensure_chat_template(self.tokenizer, self.plan.source.family)
@@ -95,7 +97,8 @@ class Trainer:
             else cfg.model.enable_gradient_checkpointing
         )
         model = add_lora(model, cfg.lora, self.gradient_checkpointing, cfg.model.quantize != "none")
-        self.fast_dropout = self.hardware.device == "cpu" and use_fast_lora_dropout(model) > 0
+        on_cpu = self.hardware.device == "cpu"
+        self.fast_dropout = on_cpu and use_fast_lora_dropout(model) > 0
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.trainable_params = sum(p.numel() for p in self.params)
         optimizer = torch.optim.AdamW(self.params, lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
@@ -325,6 +328,7 @@ class Trainer:
             "gradient_checkpointing": self.gradient_checkpointing,
             "fused_loss": self.loss.fused,
             "fast_lora_dropout": self.fast_dropout,
+            "allocator_keeps_freed_memory": self.kept_freed_memory,
             "attention": self.attention,
             "fused_loss_reason": self.loss.reason,
             "chat_template": self.template_origin,
