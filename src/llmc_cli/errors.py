@@ -57,6 +57,13 @@ class TrainingError(LlmcError):
     title = "Training error"
 
 
+class CheckpointError(LlmcError):
+    """A run or checkpoint cannot be found, verified or loaded."""
+
+    exit_code = 6
+    title = "Checkpoint error"
+
+
 class RunInterrupted(LlmcError):
     """Training was stopped by SIGINT or SIGTERM after the current state was saved."""
 

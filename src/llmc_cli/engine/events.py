@@ -74,6 +74,23 @@ class EvalEnded(Event):
 
 
 @dataclass(frozen=True)
+class CheckpointSaved(Event):
+    step: int
+    path: str
+    reason: str  # "interval", "time", "epoch", "interrupt" or "final"
+    size_bytes: int
+    duration_s: float
+    removed: list[str]  # checkpoints deleted by rotation after this one was complete
+
+
+@dataclass(frozen=True)
+class RunResumed(Event):
+    step: int
+    checkpoint: str
+    skipped: list[str]  # checkpoints refused, with the reason
+
+
+@dataclass(frozen=True)
 class TrainingWarning(Event):
     code: str
     message: str

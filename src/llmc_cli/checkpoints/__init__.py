@@ -1,0 +1,1 @@
+"""Checkpoints: atomic save, manifests with checksums, verification, rotation, lookup."""

@@ -1,0 +1,94 @@
+"""When to save, and which checkpoints to keep.
+
+The loop asks :meth:`CheckpointManager.due` at each step boundary and calls :meth:`save`
+with a function that writes the files; the manager commits them atomically, reports the
+outcome as events and rotates: the newest ``keep_last`` plus the best ``keep_best`` by the
+chosen metric stay, everything else goes, and only after a newer checkpoint is complete. A
+failed save (a full disk, say) removes its partial files, keeps every older checkpoint and
+either lets training go on (``on_error="continue"``) or stops it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from llmc_cli.checkpoints import catalog
+from llmc_cli.checkpoints.commit import clean_unfinished, commit, remove
+from llmc_cli.engine.events import CheckpointSaved, EventBus, TrainingWarning
+from llmc_cli.errors import TrainingError
+
+
+@dataclass(frozen=True)
+class Policy:
+    interval_steps: int
+    interval_minutes: float | None
+    keep_last: int
+    keep_best: int
+    metric: str
+    on_error: Literal["continue", "stop"]
+
+
+class CheckpointManager:
+    """Saves and rotates the checkpoints of one run directory."""
+
+    def __init__(self, run_dir: Path, policy: Policy, bus: EventBus) -> None:
+        self.run_dir = run_dir
+        self.root = run_dir / catalog.CHECKPOINTS
+        self.policy = policy
+        self.bus = bus
+        self.last_saved_step: int | None = None
+        self._last_saved_at = time.monotonic()
+        for name in clean_unfinished(self.root):
+            bus.emit(TrainingWarning("checkpoint", f"Removed unfinished checkpoint {name} left by an earlier crash."))
+
+    def due(self, step: int) -> bool:
+        if step == self.last_saved_step:
+            return False
+        if step % self.policy.interval_steps == 0:
+            return True
+        minutes = self.policy.interval_minutes
+        return minutes is not None and time.monotonic() - self._last_saved_at >= 60 * minutes
+
+    def save(self, step: int, write: Callable[[Path], dict[str, Any]], reason: str) -> Path | None:
+        """Commit a checkpoint for ``step``; None when the save failed and training may go on."""
+        if step == self.last_saved_step:
+            return self.root / catalog.checkpoint_name(step)
+        started = time.perf_counter()
+        try:
+            path = commit(self.root, catalog.checkpoint_name(step), write, step=step)
+        except OSError as exc:
+            message = f"Checkpoint at step {step} could not be written ({exc.strerror or exc}); older ones are intact."
+            self.bus.emit(TrainingWarning("checkpoint", message))
+            if self.policy.on_error == "stop":
+                raise TrainingError(
+                    message, hint="Free disk space, then `llmc resume` this run; or set on_checkpoint_error=continue."
+                ) from exc
+            return None
+        self.last_saved_step = step
+        self._last_saved_at = time.monotonic()
+        removed = self.rotate()
+        entry = next(e for e in catalog.entries(self.run_dir) if e.path == path)
+        self.bus.emit(
+            CheckpointSaved(
+                step=step,
+                path=str(path),
+                reason=reason,
+                size_bytes=entry.size_bytes,
+                duration_s=time.perf_counter() - started,
+                removed=[p.name for p in removed],
+            )
+        )
+        return path
+
+    def rotate(self) -> list[Path]:
+        """Delete complete checkpoints outside the newest ``keep_last`` and best ``keep_best``."""
+        policy = self.policy
+        found = catalog.entries(self.run_dir)
+        doomed = [e.path for e in catalog.beyond_retention(found, policy.keep_last, policy.keep_best, policy.metric)]
+        for path in doomed:
+            remove(path)
+        return doomed
