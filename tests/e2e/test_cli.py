@@ -10,21 +10,8 @@ from pathlib import Path
 
 import pytest
 
-LLMC = [sys.executable, "-c", "from llmc_cli.cli.app import main; main()"]
 
-
-def llmc(*args, cwd, timeout=600, env=None):
-    return subprocess.run(
-        [*LLMC, *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-    )
-
-
-def test_train_gsm8k_done_when(tmp_path, tiny_model_dir, gsm8k_train):
+def test_train_gsm8k_done_when(llmc, tmp_path, tiny_model_dir, gsm8k_train):
     """The issue's acceptance command, verbatim."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -53,7 +40,7 @@ def test_train_gsm8k_done_when(tmp_path, tiny_model_dir, gsm8k_train):
     assert "step     30/30" in result.stdout and "\x1b[" not in result.stdout
 
 
-def test_merge_writes_full_weights(tmp_path, tiny_model_dir, gsm8k_train):
+def test_merge_writes_full_weights(llmc, tmp_path, tiny_model_dir, gsm8k_train):
     from transformers import AutoModelForCausalLM
 
     result = llmc(
@@ -128,7 +115,7 @@ BAD = '{"question": "What is 1+1?", "answer": "2"}\n{"question": "broken", "answ
         ({}, ["--max-steps", "3"], 2, "No training data given."),
     ],
 )
-def test_bad_input_gets_one_message_and_no_traceback(tmp_path, files, args, code, message):
+def test_bad_input_gets_one_message_and_no_traceback(llmc, tmp_path, files, args, code, message):
     for name, content in files.items():
         path = tmp_path / name
         path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
@@ -139,12 +126,12 @@ def test_bad_input_gets_one_message_and_no_traceback(tmp_path, files, args, code
     assert not (tmp_path / "runs").exists()  # nothing is created for a run that cannot start
 
 
-def test_hub_failure_is_fast_even_when_online_checks_are_allowed(tmp_path):
+def test_hub_failure_is_fast_even_when_online_checks_are_allowed(llmc_command, tmp_path):
     (tmp_path / "d.jsonl").write_text('{"question": "q", "answer": "a"}\n')
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     started = time.monotonic()
     result = subprocess.run(
-        [*LLMC, "train", "--data", "d.jsonl", "--model", "qwen"],
+        [*llmc_command, "train", "--data", "d.jsonl", "--model", "qwen"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -155,13 +142,13 @@ def test_hub_failure_is_fast_even_when_online_checks_are_allowed(tmp_path):
     assert time.monotonic() - started < 60  # seconds of reachability check, never a hang
 
 
-def test_sigterm_leaves_a_loadable_adapter(tmp_path, tiny_model_dir, gsm8k_train):
+def test_sigterm_leaves_a_loadable_adapter(llmc_command, llmc, tmp_path, tiny_model_dir, gsm8k_train):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     proc = subprocess.Popen(
         [
-            *LLMC,
+            *llmc_command,
             "train",
             "--data",
             str(gsm8k_train),
@@ -188,17 +175,19 @@ def test_sigterm_leaves_a_loadable_adapter(tmp_path, tiny_model_dir, gsm8k_train
     assert "Training stopped by SIGTERM" in " ".join(err.split()) and "Traceback" not in err
     run_dir = tmp_path / "runs" / "run-1"
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
-    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), run_dir / "interrupted")
+    (checkpoint,) = (run_dir / "checkpoints").iterdir()  # the interrupt checkpoint, in PEFT format
+    assert f"llmc resume {run_dir.relative_to(tmp_path)}" in " ".join(err.split())
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), checkpoint)
 
 
-def test_demo_runs_with_nothing_downloaded(tmp_path):
+def test_demo_runs_with_nothing_downloaded(llmc, tmp_path):
     result = llmc("train", "--demo", "--max-steps", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "training complete" in result.stdout
     assert (tmp_path / "runs" / "run-1" / "final" / "adapter_model.safetensors").is_file()
 
 
-def test_presets_commands(tmp_path):
+def test_presets_commands(llmc, tmp_path):
     listed = llmc("presets", "list", cwd=tmp_path)
     assert listed.returncode == 0 and "bestaccuracy" in listed.stdout and "mistral" in listed.stdout
     data = Path(__file__).resolve().parents[1] / "fixtures" / "gsm8k" / "train_sample.jsonl"

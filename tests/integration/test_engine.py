@@ -95,7 +95,7 @@ def test_saved_adapter_reproduces_the_trained_models_logits(tmp_path, tiny_model
         assert not torch.allclose(reloaded(input_ids=ids).logits, expected, atol=1e-3)
 
 
-def test_stop_request_saves_the_adapter_and_reports(tmp_path, tiny_model_dir, gsm8k_train):
+def test_stop_request_saves_a_checkpoint_and_reports(tmp_path, tiny_model_dir, gsm8k_train):
     from llmc_cli.errors import RunInterrupted
 
     stop = StopRequest()
@@ -111,7 +111,8 @@ def test_stop_request_saves_the_adapter_and_reports(tmp_path, tiny_model_dir, gs
         trainer.setup()
         with pytest.raises(RunInterrupted, match="stopped by SIGTERM"):
             trainer.fit()
-    assert (tmp_path / "interrupted" / "adapter_model.safetensors").is_file()
+    (checkpoint,) = (tmp_path / "checkpoints").iterdir()
+    assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / "manifest.json").is_file()
 
 
 def test_eval_uses_the_validation_file_when_given(tmp_path, tiny_model_dir):

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from llmc_cli import __version__
-from llmc_cli.cli import presets, train
+from llmc_cli.cli import checkpoints, presets, resume, train
 from llmc_cli.errors import LlmcError
 
 app = typer.Typer(
@@ -25,6 +25,8 @@ app = typer.Typer(
     add_completion=True,
 )
 app.command(name="train")(train.train)
+app.command(name="resume")(resume.resume)
+app.add_typer(checkpoints.app, name="checkpoints")
 app.add_typer(presets.app, name="presets")
 
 

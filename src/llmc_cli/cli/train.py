@@ -49,6 +49,10 @@ def train(
     train_on_prompt: Annotated[bool | None, _opt("train_on_prompt", "--train-on-prompt/--no-train-on-prompt")] = None,
     packing: Annotated[bool | None, _opt("packing", "--packing/--no-packing")] = None,
     merge: Annotated[bool | None, _opt("merge", "--merge/--no-merge")] = None,
+    checkpoint_interval: Annotated[int | None, _opt("checkpoint_interval", "--checkpoint-interval")] = None,
+    checkpoint_minutes: Annotated[float | None, _opt("checkpoint_minutes", "--checkpoint-minutes")] = None,
+    max_checkpoints: Annotated[int | None, _opt("max_checkpoints", "--max-checkpoints")] = None,
+    keep_best: Annotated[int | None, _opt("keep_best_checkpoints", "--keep-best")] = None,
 ) -> None:
     """Fine-tune a model with LoRA on a data file.
 
@@ -67,22 +71,30 @@ def train(
         "quantize": quantize, "precision": precision, "format": data_format, "overlong": overlong, "limit": limit,
         "val_data": val_data, "eval_every": eval_every, "seed": seed, "output": output, "run_name": run_name,
         "train_on_prompt": train_on_prompt, "packing": packing, "merge": merge,
+        "checkpoint_interval": checkpoint_interval, "checkpoint_minutes": checkpoint_minutes,
+        "max_checkpoints": max_checkpoints, "keep_best_checkpoints": keep_best,
     }  # fmt: skip
     console = Console()
     with console.status("Loading the training engine..."):
-        _quiet_libraries()
+        quiet_libraries()
         from llmc_cli import FineTuner
-        from llmc_cli.monitor.progress import PlainLog, RichProgress
 
     tuner = FineTuner(config_file=config, demo=demo, **flags)
     with console.status("Checking configuration, data and model..."):
         tuner.plan()
+    execute(tuner, console)
+
+
+def execute(tuner, console: Console) -> None:
+    """Run a planned FineTuner with progress output, then print the summary panel."""
+    from llmc_cli.monitor.progress import PlainLog, RichProgress
+
     tuner.subscribe(RichProgress(console) if console.is_terminal else PlainLog(console))
     run_dir = tuner.train()
     _render_summary(console, run_dir)
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Silence library progress bars and deprecation chatter; llmc reports what matters."""
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

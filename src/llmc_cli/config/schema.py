@@ -128,8 +128,18 @@ class RunSettings(_Section):
     )
     merge: bool = Field(False, description="Also write merged full weights next to the adapter.")
     enable_monitoring: bool = Field(True, description="Collect and show training metrics.")
-    checkpoint_interval: int = Field(100, ge=1, description="Save a checkpoint every N steps (recorded).")
-    max_checkpoints: int = Field(5, ge=1, description="Checkpoints to keep (recorded).")
+    checkpoint_interval: int = Field(100, ge=1, description="Save a checkpoint every N optimizer steps.")
+    checkpoint_minutes: float | None = Field(
+        None, gt=0, description="Also save when this many minutes have passed since the last checkpoint."
+    )
+    max_checkpoints: int = Field(5, ge=1, description="Newest checkpoints to keep (the best ones are kept too).")
+    keep_best_checkpoints: int = Field(1, ge=0, description="Best checkpoints to keep, by checkpoint_metric.")
+    checkpoint_metric: Literal["eval_loss", "train_loss"] = Field(
+        "eval_loss", description="Metric that ranks checkpoints as best (lower is better)."
+    )
+    on_checkpoint_error: Literal["continue", "stop"] = Field(
+        "continue", description="When a checkpoint cannot be written (a full disk): keep training, or stop."
+    )
     enable_early_stopping: bool = Field(False, description="Stop when eval loss stops improving (recorded).")
     early_stopping_patience: int = Field(5, ge=1, description="Evaluations without improvement (recorded).")
     enable_hyperparameter_tuning: bool = Field(False, description="Tune before training (recorded).")

@@ -10,7 +10,9 @@ examples and 5% above, at least 1 and at most 500, drawn with the run's seed.
 
 from __future__ import annotations
 
+import hashlib
 import random
+from array import array
 from dataclasses import dataclass, field
 
 from llmc_cli.config.schema import DataSettings
@@ -89,3 +91,12 @@ def build_rows(tokenizer, loaded: LoadedData, settings: DataSettings, seed: int)
             val_report,
         )
     return Rows(unpacked(train_encoded), unpacked(val_encoded), train_report, val_report)
+
+
+def rows_fingerprint(rows: list) -> str:
+    """sha256 of the token ids and labels of ``rows`` in order: what training reads, exactly."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(array("i", row.input_ids).tobytes())
+        digest.update(array("i", row.labels).tobytes())
+    return digest.hexdigest()

@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmc_cli.engine.events import EventBus, RunEnded, Subscriber
+from llmc_cli.engine.events import EventBus, RunEnded, RunResumed, Subscriber, TrainingWarning
 from llmc_cli.engine.interrupt import StopRequest
 from llmc_cli.engine.plan import RunPlan, plan_run, user_layers
+from llmc_cli.engine.resume import ResumeTarget, find_target, plan_resume
 from llmc_cli.engine.rundir import create_run_dir, write_json
 from llmc_cli.errors import LlmcError
 
@@ -51,6 +52,31 @@ class FineTuner:
         )
         self._subscribers: list[Subscriber] = []
         self._plan: RunPlan | None = None
+        self._resume: ResumeTarget | None = None
+
+    @classmethod
+    def resume(cls, run: str | Path, checkpoint: str = "latest", output: str | Path = "runs") -> FineTuner:
+        """Continue a run from a checkpoint, with the run's own config.
+
+        Args:
+            run: ``run-42``, ``42``, a run name under ``output``, or a run directory.
+            checkpoint: ``latest``, ``best``, ``step-N`` or a checkpoint directory. One that
+                fails verification is refused and the newest older valid one is used.
+            output: Where runs given by name live.
+
+        Raises:
+            CheckpointError: no run, no checkpoint, or none that verifies.
+        """
+        tuner = cls.__new__(cls)
+        tuner._layers, tuner._subscribers = [], []
+        tuner._resume = find_target(run, checkpoint, Path(output))
+        tuner._plan = plan_resume(tuner._resume)
+        return tuner
+
+    @property
+    def resume_target(self) -> ResumeTarget | None:
+        """The run and checkpoint a resumed tuner continues from (None for a new run)."""
+        return self._resume
 
     def subscribe(self, subscriber: Subscriber) -> FineTuner:
         """Receive every event of the run (called from the event thread)."""
@@ -75,8 +101,11 @@ class FineTuner:
 
         plan = self.plan()
         config = plan.resolved.config
-        run_dir = create_run_dir(config.run.output, config.run.run_name)
-        write_json(run_dir / "config.json", plan.resolved.to_json())
+        if self._resume is None:
+            run_dir = create_run_dir(config.run.output, config.run.run_name)
+            write_json(run_dir / "config.json", plan.resolved.to_json())
+        else:
+            run_dir = self._resume.run_dir
         recorder = JsonlRecorder(run_dir)
         bus = EventBus()
         bus.subscribe(recorder)
@@ -91,7 +120,14 @@ class FineTuner:
                     trainer.setup()
                     facts = trainer.describe()
                     bus.emit(trainer.started_event())
-                    result = trainer.fit()
+                    resume = None
+                    if self._resume is not None:
+                        resume = trainer.restore(self._resume.checkpoint)
+                        refused = [f"{v.path.name}: {v.reason()}" for v in self._resume.refused]
+                        for line in refused:
+                            bus.emit(TrainingWarning("checkpoint", f"Refused checkpoint {line}"))
+                        bus.emit(RunResumed(resume.state.position.step, str(resume.checkpoint), refused))
+                    result = trainer.fit(resume)
                     adapter_dir = trainer.save_adapter(run_dir / "final")
                     if config.run.merge:
                         facts["merged_dir"] = str(trainer.merge(adapter_dir, run_dir / "merged"))
@@ -138,6 +174,7 @@ def _summary(status, run_dir, adapter_dir, facts, result, started, error) -> dic
             final_eval_loss=result.final_eval_loss,
             best_eval_loss=result.best_eval_loss,
             final_train_loss=result.final_train_loss,
+            checkpoint_time_s=round(result.checkpoint_time_s, 3),
         )
     if error is not None:
         summary["error"] = str(error) or type(error).__name__

@@ -9,6 +9,7 @@ Consumers learn about progress only through events.
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -17,13 +18,16 @@ from typing import Any
 
 import torch
 
-from llmc_cli.data.dataset import Rows, build_rows
+from llmc_cli.checkpoints.manager import CheckpointManager, Policy
+from llmc_cli.checkpoints.state import TrainerState, restore_rng
+from llmc_cli.data.dataset import Rows, build_rows, rows_fingerprint
 from llmc_cli.data.packing import Collator
 from llmc_cli.data.templates import ensure_chat_template
 from llmc_cli.engine.events import EvalEnded, EventBus, RunStarted, StepEnded, TrainingWarning
 from llmc_cli.engine.interrupt import StopRequest
 from llmc_cli.engine.loss import TokenLoss, model_inputs, target_count
 from llmc_cli.engine.plan import RunPlan
+from llmc_cli.engine.snapshot import Resume, restore_snapshot, write_snapshot
 from llmc_cli.errors import DataError, RunInterrupted, TrainingError
 from llmc_cli.models.loading import BILLION, add_lora, load_base_model, load_tokenizer, parameter_count
 from llmc_cli.optimize.allocator import keep_freed_memory
@@ -48,6 +52,7 @@ class FitResult:
     final_eval_loss: float | None
     best_eval_loss: float | None
     final_train_loss: float | None
+    checkpoint_time_s: float  # saving checkpoints, this session
 
 
 class Trainer:
@@ -61,6 +66,8 @@ class Trainer:
         self.stop = stop
         self.eval_losses: list[float] = []
         self.eval_time_s = 0.0
+        self.checkpoint_time_s = 0.0
+        self.state = TrainerState()
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -86,6 +93,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(self.plan.source)
         self.template_origin = ensure_chat_template(self.tokenizer, self.plan.source.family)
         self.rows = self._build_rows()
+        self.data_fingerprint = rows_fingerprint(self.rows.train)
 
         model = load_base_model(self.plan.source, self.precision, cfg.model.quantize)
         base = model
@@ -141,6 +149,19 @@ class Trainer:
             num_warmup_steps=round(cfg.training.warmup_ratio * self.total_steps),
             num_training_steps=self.total_steps,
         )
+        run = cfg.run
+        self.checkpoints = CheckpointManager(
+            self.run_dir,
+            Policy(
+                interval_steps=run.checkpoint_interval,
+                interval_minutes=run.checkpoint_minutes,
+                keep_last=run.max_checkpoints,
+                keep_best=run.keep_best_checkpoints,
+                metric=run.checkpoint_metric,
+                on_error=run.on_checkpoint_error,
+            ),
+            self.bus,
+        )
 
     def _build_rows(self) -> Rows:
         cfg = self.config
@@ -171,52 +192,134 @@ class Trainer:
         )
 
     # -------------------------------------------------------------------- fit
-    def fit(self) -> FitResult:
-        """Train for the planned number of optimizer steps; evaluate at step 0, on schedule and at the end."""
+    def fit(self, resume: Resume | None = None) -> FitResult:
+        """Train to the planned number of optimizer steps, from the start or from ``resume``.
+
+        Evaluates at step 0 (fresh runs), on schedule and at the end; checkpoints on the
+        interval, at each epoch end and when a stop is requested.
+        """
         cfg = self.config.training
-        initial = self.evaluate(step=0)
-        step, epoch, tokens_total, last_loss = 0, 0, 0, None
+        self.state = state = resume.state if resume else TrainerState()
+        pos = state.position
+        self.eval_losses = [loss for _, loss in state.eval_history]
+        if resume is None:
+            state.initial_eval_loss = self._evaluate_and_record(0)
+        pending_rng = resume.rng if resume else None
         interval = _Interval()
-        started, eval_before = time.perf_counter(), self.eval_time_s
         self.model.train()
-        while step < self.total_steps and not self.stop.requested:
-            self.train_loader.set_epoch(epoch)
-            for window in _windows(self.train_loader, cfg.grad_accum):
+        while pos.step < self.total_steps and not self.stop.requested:
+            self.train_loader.set_epoch(pos.epoch)
+            tick = time.perf_counter()  # training time: steps, data and logging; not eval or saving
+            loader = self.train_loader
+            if pos.batches_in_epoch:
+                loader = self.accelerator.skip_first_batches(self.train_loader, pos.batches_in_epoch)
+            # RNG goes back to the saved state at the moment the uninterrupted run saved it:
+            # before a new epoch's iterator is made, or after the resumed one's.
+            if pending_rng is not None and pos.batches_in_epoch == 0:
+                restore_rng(pending_rng)
+                pending_rng = None
+            batches = iter(loader)
+            if pending_rng is not None:
+                restore_rng(pending_rng)
+                pending_rng = None
+            for window in _windows(batches, cfg.grad_accum):
                 loss_sum, targets, grad_norm = self.train_step(window)
-                step += 1
+                pos.step += 1
+                pos.batches_in_epoch += len(window)
                 interval.add(window, loss_sum, targets)
-                if step % cfg.log_every == 0 or step == self.total_steps:
-                    last_loss = self._log(step, interval, grad_norm, started)
-                    tokens_total += interval.tokens
+                if pos.step % cfg.log_every == 0 or pos.step == self.total_steps:
+                    state.last_train_loss = self._log(pos.step, interval, grad_norm)
+                    pos.tokens += interval.tokens
                     interval = _Interval()
-                if step % self.eval_every == 0 and step < self.total_steps:
-                    self.evaluate(step)
-                    interval.started = time.perf_counter()  # throughput counts training time only
-                if step >= self.total_steps or self.stop.requested:
+                pos.train_time_s += time.perf_counter() - tick
+                if pos.step % self.eval_every == 0 and pos.step < self.total_steps:
+                    self._evaluate_and_record(pos.step)
+                if self.checkpoints.due(pos.step):
+                    self._checkpoint("interval")
+                tick = interval.started = time.perf_counter()
+                if pos.step >= self.total_steps or self.stop.requested:
                     break
-            epoch += 1
-        tokens_total += interval.tokens
-        train_time = time.perf_counter() - started - (self.eval_time_s - eval_before)
+            else:
+                pos.epoch += 1
+                pos.batches_in_epoch = 0
+                self._checkpoint("epoch")
+        pos.tokens += interval.tokens
         if self.stop.requested:
-            self.bus.emit(TrainingWarning("interrupted", f"{self.stop.reason}: stopped after step {step}"))
-            self.save_adapter(self.run_dir / "interrupted")
+            self.bus.emit(TrainingWarning("interrupted", f"{self.stop.reason}: stopped after step {pos.step}"))
+            saved = self._checkpoint("interrupt")
+            where = f"checkpoint {saved}" if saved else "no checkpoint (saving failed; see the warning)"
             raise RunInterrupted(
-                f"Training stopped by {self.stop.reason} after step {step} of {self.total_steps}; "
-                f"the adapter so far is in {self.run_dir / 'interrupted'}.",
-                hint="Start a new run to train further (resume arrives with checkpoints).",
+                f"Training stopped by {self.stop.reason} after step {pos.step} of {self.total_steps}; "
+                f"state saved as {where}.",
+                hint=f"Continue exactly where it stopped with: llmc resume {self.run_dir}",
             )
-        final = self.evaluate(step)
+        final = self.eval_losses[-1] if state.eval_history and state.eval_history[-1][0] == pos.step else None
+        if final is None:
+            final = self._evaluate_and_record(pos.step)
         return FitResult(
-            steps=step,
-            epochs=step / self.steps_per_epoch,
-            train_time_s=train_time,
+            steps=pos.step,
+            epochs=pos.step / self.steps_per_epoch,
+            train_time_s=pos.train_time_s,
             eval_time_s=self.eval_time_s,
-            tokens=tokens_total,
-            initial_eval_loss=initial,
+            tokens=pos.tokens,
+            initial_eval_loss=state.initial_eval_loss,
             final_eval_loss=final,
             best_eval_loss=min(self.eval_losses) if self.eval_losses else None,
-            final_train_loss=last_loss,
+            final_train_loss=state.last_train_loss,
+            checkpoint_time_s=self.checkpoint_time_s,
         )
+
+    def _evaluate_and_record(self, step: int) -> float | None:
+        loss = self.evaluate(step)
+        if loss is not None:
+            self.state.eval_history.append((step, loss))
+        return loss
+
+    def _checkpoint(self, reason: str) -> Path | None:
+        """Save a checkpoint of the current state (main process writes; all wait)."""
+        pos = self.state.position
+        saved_state = self.state
+        if pos.batches_in_epoch >= len(self.train_loader):  # an epoch's last step: next is a new epoch
+            saved_state = TrainerState.from_json(self.state.to_json())
+            saved_state.position.epoch += 1
+            saved_state.position.batches_in_epoch = 0
+        started = time.perf_counter()
+        self.accelerator.wait_for_everyone()
+        path = None
+        if self.accelerator.is_main_process:
+
+            def write(directory: Path) -> dict[str, Any]:
+                return write_snapshot(
+                    directory,
+                    model=self.accelerator.unwrap_model(self.model),
+                    optimizer=self.optimizer,
+                    scheduler=self.scheduler,
+                    state=saved_state,
+                    config_json=self.plan.resolved.to_json(),
+                    facts={
+                        "epoch_fraction": saved_state.position.batches_in_epoch / max(1, len(self.train_loader)),
+                        "data_fingerprint": self.data_fingerprint,
+                        "model": self.plan.source.location,
+                        "workdir": os.getcwd(),
+                    },
+                )
+
+            path = self.checkpoints.save(pos.step, write, reason)
+        self.accelerator.wait_for_everyone()
+        self.checkpoint_time_s += time.perf_counter() - started
+        return path
+
+    def restore(self, checkpoint: Path) -> Resume:
+        """Load a checkpoint of this run into the prepared model, optimizer and scheduler."""
+        resume = restore_snapshot(
+            checkpoint,
+            model=self.accelerator.unwrap_model(self.model),
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            data_fingerprint=self.data_fingerprint,
+        )
+        self.checkpoints.last_saved_step = resume.state.position.step
+        return resume
 
     def train_step(self, window: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimizer update over an accumulation window; returns (loss sum, targets, grad norm)."""
@@ -267,7 +370,7 @@ class Trainer:
         )
         return eval_loss
 
-    def _log(self, step: int, interval: _Interval, grad_norm: torch.Tensor, started: float) -> float:
+    def _log(self, step: int, interval: _Interval, grad_norm: torch.Tensor) -> float:
         loss = (interval.loss_sum / interval.targets.clamp(min=1)).item()  # the one host sync per log
         if not math.isfinite(loss):
             self.save_adapter(self.run_dir / "failed")
@@ -275,7 +378,6 @@ class Trainer:
                 f"The training loss became {loss} at step {step}; the last adapter is in {self.run_dir / 'failed'}.",
                 hint="Lower the learning rate (--lr), or keep --max-grad-norm at 1.0 or below.",
             )
-        elapsed = time.perf_counter() - started
         seconds = max(time.perf_counter() - interval.started, 1e-9)
         self.bus.emit(
             StepEnded(
@@ -290,8 +392,8 @@ class Trainer:
                 examples=interval.examples,
                 tokens_per_s=interval.tokens / seconds,
                 examples_per_s=interval.examples / seconds,
-                elapsed_s=elapsed,
-                eta_s=elapsed / step * (self.total_steps - step),
+                elapsed_s=self.state.position.train_time_s,  # training time before this step
+                eta_s=seconds / max(interval.steps, 1) * (self.total_steps - step),
             )
         )
         return loss
@@ -365,12 +467,14 @@ class _Interval:
         self.targets: Any = torch.zeros((), dtype=torch.long)
         self.tokens = 0
         self.examples = 0
+        self.steps = 0
 
     def add(self, window: list[dict[str, torch.Tensor]], loss_sum: torch.Tensor, targets: torch.Tensor) -> None:
         self.loss_sum = self.loss_sum + loss_sum
         self.targets = self.targets.to(targets.device) + targets
         self.tokens += sum(batch["n_tokens"] for batch in window)
         self.examples += sum(batch["n_examples"] for batch in window)
+        self.steps += 1
 
 
 def _windows(loader, size: int):

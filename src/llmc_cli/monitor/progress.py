@@ -9,7 +9,16 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from llmc_cli.engine.events import EvalEnded, Event, RunEnded, RunStarted, StepEnded, TrainingWarning
+from llmc_cli.engine.events import (
+    CheckpointSaved,
+    EvalEnded,
+    Event,
+    RunEnded,
+    RunResumed,
+    RunStarted,
+    StepEnded,
+    TrainingWarning,
+)
 
 
 def _duration(seconds: float) -> str:
@@ -27,6 +36,19 @@ def describe_start(event: RunStarted) -> str:
 
 def describe_eval(event: EvalEnded) -> str:
     return f"eval  step {event.step:>6}  loss {event.eval_loss:.4f}  ppl {event.perplexity:.2f}"
+
+
+def describe_note(event: Event) -> str | None:
+    """One line for checkpoint and resume events (None for other events)."""
+    if isinstance(event, CheckpointSaved):
+        removed = f", removed {', '.join(event.removed)}" if event.removed else ""
+        return (
+            f"checkpoint  step {event.step:>6}  {event.reason}  {event.size_bytes / 2**20:,.1f} MB "
+            f"in {event.duration_s:.2f} s -> {event.path}{removed}"
+        )
+    if isinstance(event, RunResumed):
+        return f"resumed from {event.checkpoint} at step {event.step}"
+    return None
 
 
 class PlainLog:
@@ -50,6 +72,8 @@ class PlainLog:
             self.console.print(describe_eval(event), highlight=False)
         elif isinstance(event, TrainingWarning):
             self.console.print(f"warning: {event.message}", highlight=False, soft_wrap=True)
+        elif (note := describe_note(event)) is not None:
+            self.console.print(note, highlight=False, soft_wrap=True)
 
 
 class RichProgress:
@@ -89,5 +113,7 @@ class RichProgress:
             self.progress.console.print(describe_eval(event), highlight=False)
         elif isinstance(event, TrainingWarning):
             self.progress.console.print(f"[yellow]warning:[/] {event.message}")
+        elif (note := describe_note(event)) is not None:
+            self.progress.console.print(note, highlight=False)
         elif isinstance(event, RunEnded):
             self.progress.stop()

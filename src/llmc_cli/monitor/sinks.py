@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llmc_cli.engine.events import EvalEnded, Event, StepEnded
+from llmc_cli.engine.events import EvalEnded, Event, RunResumed, StepEnded
+
+METRIC_KINDS = {StepEnded: "train", EvalEnded: "eval", RunResumed: "resume"}
 
 
 class JsonlRecorder:
     """Appends metrics (steps and evals) to metrics.jsonl and every event to events.jsonl.
 
-    Lines are flushed as written, so a killed run keeps everything logged until then.
+    Lines are flushed as written, so a killed run keeps everything logged until then. A
+    resumed run appends a ``{"type": "resume", "step": N}`` line: records of steps after N
+    written before it belong to the abandoned attempt, and readers take the later ones.
     """
 
     def __init__(self, run_dir: Path) -> None:
@@ -21,8 +25,8 @@ class JsonlRecorder:
     def __call__(self, event: Event) -> None:
         record = event.to_dict()
         self._events.write(json.dumps(record, default=str) + "\n")
-        if isinstance(event, StepEnded | EvalEnded):
-            kind = "train" if isinstance(event, StepEnded) else "eval"
+        kind = METRIC_KINDS.get(type(event))
+        if kind is not None:
             self._metrics.write(json.dumps({"type": kind, **record}, default=str) + "\n")
 
     def close(self) -> None:

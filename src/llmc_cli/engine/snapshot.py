@@ -1,0 +1,93 @@
+"""The bridge between the training loop and a checkpoint directory: write one, restore one.
+
+A checkpoint is the adapter in PEFT format (so ``PeftModel.from_pretrained`` loads it as
+is), plus everything that makes continuing bit-identical on CPU: optimizer and scheduler
+state, RNG states, the position in the data, and the run's resolved config. The manifest
+also records a fingerprint of the training rows, so a resume on changed data is refused.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from llmc_cli import __version__
+from llmc_cli.checkpoints import state as files
+from llmc_cli.checkpoints.manifest import read_manifest
+from llmc_cli.checkpoints.state import TrainerState
+from llmc_cli.errors import CheckpointError
+
+
+@dataclass
+class Resume:
+    """A checkpoint loaded into the model, optimizer and scheduler; RNG is restored by the loop."""
+
+    checkpoint: Path
+    state: TrainerState
+    rng: dict[str, Any]
+
+
+def library_versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import transformers
+
+    return {
+        "llmc": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+    }
+
+
+def write_snapshot(
+    directory: Path, *, model, optimizer, scheduler, state: TrainerState, config_json: dict, facts: dict
+) -> dict[str, Any]:
+    """Fill ``directory`` with a checkpoint; returns the manifest metadata."""
+    model.save_pretrained(directory, safe_serialization=True)
+    files.save_optimizer(optimizer, directory)
+    files.save_scheduler(scheduler, directory)
+    files.save_rng(directory)
+    files.write_json(directory / files.TRAINER_STATE, state.to_json())
+    files.write_json(directory / "config.json", config_json)
+    return {
+        "step": state.position.step,
+        "epoch": state.position.epoch + facts["epoch_fraction"],
+        "created": time.time(),
+        "metrics": state.metrics(),
+        "versions": library_versions(),
+        **{key: value for key, value in facts.items() if key != "epoch_fraction"},
+    }
+
+
+def restore_snapshot(directory: Path, *, model, optimizer, scheduler, data_fingerprint: str) -> Resume:
+    """Load a verified checkpoint into the given objects."""
+    from peft import set_peft_model_state_dict
+
+    manifest = read_manifest(directory) or {}
+    if manifest.get("data_fingerprint") not in (None, data_fingerprint):
+        raise CheckpointError(
+            f"The training rows differ from those {directory} was trained on (data file, tokenizer or "
+            "data settings changed).",
+            hint="Restore the original data, or start a new run with `llmc train`.",
+        )
+    weights = load_file(directory / files.ADAPTER_WEIGHTS)
+    result = set_peft_model_state_dict(model, weights)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise CheckpointError(
+            f"{directory} holds adapter weights this model does not have ({', '.join(unexpected[:3])} ...).",
+            hint="Resume with the run's own model and config (llmc resume reads them from the run).",
+        )
+    files.load_optimizer(optimizer, directory)
+    files.load_scheduler(scheduler, directory)
+    state = TrainerState.from_json(files.read_json(directory / files.TRAINER_STATE))
+    return Resume(directory, state, files.load_rng(directory))
