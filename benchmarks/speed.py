@@ -42,6 +42,17 @@ SHAPE = dict(
     intermediate_size=1408,
     max_position_embeddings=2048,
 )
+SHAPES = {
+    "mini": SHAPE,  # the issue's CPU workload
+    "tinyllama-1.1b": dict(  # TinyLlama-1.1B's shape, random init: for GPU runs
+        hidden_size=2048,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        intermediate_size=5632,
+        max_position_embeddings=2048,
+    ),
+}
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
 LR, MAX_LENGTH, EXAMPLES_PER_STEP, SEED = 2e-4, 512, 8, 0
 CONTENDERS = {
@@ -52,7 +63,7 @@ CONTENDERS = {
 
 
 # --------------------------------------------------------------------------- preparation
-def prepare(work: Path, shared: Path, n_train: int, n_eval: int) -> dict:
+def prepare(work: Path, shared: Path, n_train: int, n_eval: int, shape: str = "mini") -> dict:
     """Build the model, write the data slices and the shared token rows; return the work facts."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -64,11 +75,11 @@ def prepare(work: Path, shared: Path, n_train: int, n_eval: int) -> dict:
     from llmc_cli.data.tokenize import encode
 
     work.mkdir(parents=True, exist_ok=True)
-    model_dir = work / "model"
+    model_dir = work / ("model" if shape == "mini" else f"model-{shape}")
     tokenizer = AutoTokenizer.from_pretrained(shared / "tokenizers" / "llama2")
     if not (model_dir / "config.json").is_file():
         torch.manual_seed(SEED)
-        config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=False, **SHAPE)
+        config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=False, **SHAPES[shape])
         LlamaForCausalLM(config).save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
 
@@ -94,18 +105,19 @@ def prepare(work: Path, shared: Path, n_train: int, n_eval: int) -> dict:
         "mean_length": tokens / len(rows["train"]),
         "vocab": len(tokenizer),
         "pad_id": tokenizer.pad_token_id or 0,
+        "shape": shape,
     }
 
 
-def model_flops_per_token(vocab: int, context: float) -> float:
+def model_flops_per_token(vocab: int, context: float, shape: dict = SHAPE) -> float:
     """Forward + activation-gradient FLOPs of the frozen model per token (LoRA terms are <2 %).
 
     Frozen weights get no weight gradient, so each linear layer costs 2 FLOPs per weight in
     forward and 2 in backward; attention scores and mixing add 2 x 2 x context x hidden per
     layer in forward, twice that in backward (causal: half the context on average).
     """
-    h, layers, mlp = SHAPE["hidden_size"], SHAPE["num_hidden_layers"], SHAPE["intermediate_size"]
-    kv = h * SHAPE["num_key_value_heads"] // SHAPE["num_attention_heads"]
+    h, layers, mlp = shape["hidden_size"], shape["num_hidden_layers"], shape["intermediate_size"]
+    kv = h * shape["num_key_value_heads"] // shape["num_attention_heads"]
     per_layer = h * h * 2 + h * kv * 2 + 3 * h * mlp
     linear = 4 * (layers * per_layer + h * vocab)
     attention = 3 * 4 * layers * h * context / 2
@@ -113,20 +125,26 @@ def model_flops_per_token(vocab: int, context: float) -> float:
 
 
 def peak_matmul_flops(dtype_name: str, seconds: float = 3.0) -> float:
-    """Best FLOP/s of square matmuls (256 to 2048) in this dtype.
+    """Best FLOP/s of square matmuls (256 to 8192 on a GPU, to 2048 on CPU) in this dtype.
 
     Sizes grow while one product takes under a second, so an emulated dtype (bf16 without
     native instructions runs hundreds of times slower) is measured without stalling the run.
+    On a GPU the training runs use it, so its peak is the one measured.
     """
     import torch
 
     dtype, best = getattr(torch, dtype_name), 0.0
-    for size in (256, 512, 1024, 2048):
-        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-        deadline, slowest = time.perf_counter() + seconds / 4, 0.0
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sizes = (256, 512, 1024, 2048, 4096, 8192) if device == "cuda" else (256, 512, 1024, 2048)
+    for size in sizes:
+        a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+        deadline, slowest = time.perf_counter() + seconds / len(sizes), 0.0
         while time.perf_counter() < deadline:
+            sync()
             started = time.perf_counter()
             a @ b
+            sync()
             elapsed = time.perf_counter() - started
             best, slowest = max(best, 2 * size**3 / elapsed), max(slowest, elapsed)
         if slowest > 1.0:
@@ -288,6 +306,10 @@ def worker(kind: str, work: Path, round_index: int) -> None:
     result = _llmc(facts, out) if kind == "llmc" else _hf_like(kind, facts, rows, out)
     result["wall_s"] = time.perf_counter() - process_started
     result["peak_rss_mb"] = _peak_rss_mb()
+    import torch
+
+    if torch.cuda.is_available():
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     result["eval_loss"] = evaluate_adapter(facts, rows["test"], Path(result.get("adapter", out / "adapter")))
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -302,6 +324,9 @@ def main() -> None:
     parser.add_argument("--train-examples", type=int, default=256)
     parser.add_argument("--eval-examples", type=int, default=200)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--shape", choices=sorted(SHAPES), default="mini", help="model shape (tinyllama-1.1b for GPU runs)"
+    )
     parser.add_argument(
         "--trl-rounds", type=int, default=1, help="rounds for (b), which is slow where bf16 is emulated"
     )
@@ -318,14 +343,14 @@ def main() -> None:
         return worker(args.worker, args.work, args.round)
 
     kinds = [k.strip() for k in args.only.split(",") if k.strip()]
-    facts = prepare(args.work, args.shared, args.train_examples, args.eval_examples)
+    facts = prepare(args.work, args.shared, args.train_examples, args.eval_examples, args.shape)
     (args.work / "facts.json").write_text(json.dumps(facts))
     peaks = {name: peak_matmul_flops(name) for name in ("float32", "bfloat16")}
     print(
         f"peak matmul: fp32 {peaks['float32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s",
         file=sys.stderr,
     )
-    flops_per_token = model_flops_per_token(facts["vocab"], facts["mean_length"])
+    flops_per_token = model_flops_per_token(facts["vocab"], facts["mean_length"], SHAPES[args.shape])
 
     runs: dict[str, list[dict]] = {k: [] for k in kinds}
     for round_index in range(args.rounds):  # interleaved, so drift in machine load hits everyone alike

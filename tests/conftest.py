@@ -87,3 +87,28 @@ def gsm8k_train() -> Path:
     """Full GSM8K train where ../shared has it, else the shipped sample."""
     full = SHARED_GSM8K / "train.jsonl"
     return full if full.is_file() else SAMPLE_TRAIN
+
+
+def assert_same_adapter_weights(a: Path, b: Path) -> None:
+    """The adapters saved in folders ``a`` and ``b`` hold exactly equal tensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    left, right = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+    assert left.keys() == right.keys()
+    for key in left:
+        assert torch.equal(left[key], right[key]), key
+
+
+@pytest.fixture(scope="session")
+def same_adapter():
+    """``same_adapter(a, b)`` asserts two saved adapters are bit-identical."""
+    return assert_same_adapter_weights
+
+
+@pytest.fixture(scope="session")
+def step_losses():
+    """``step_losses(run_dir)`` -> {step: train loss}, the later record winning after a resume."""
+    from llmc_cli.monitor.records import by_step
+
+    return lambda run_dir: {step: record["loss"] for step, record in by_step(run_dir).items()}

@@ -4,15 +4,14 @@ Every crashed run is resumed with ``llmc resume`` and must end with exactly the 
 losses and adapter weights of an uninterrupted run with the same seed.
 """
 
-import json
 import random
 import signal
 import subprocess
 import time
 
 import pytest
-import torch
-from safetensors.torch import load_file
+
+from llmc_cli.monitor.records import by_step
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -26,20 +25,6 @@ def train_args(data, model, name):
     ]  # fmt: skip
 
 
-def step_losses(run_dir):
-    losses = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["type"] == "train":
-            losses[record["step"]] = record["loss"]
-    return losses
-
-
-def same_weights(a, b):
-    left, right = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
-    return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
-
-
 @pytest.fixture(scope="module")
 def workspace(llmc, tmp_path_factory, tiny_model_dir, gsm8k_train):
     """A directory holding one uninterrupted reference run."""
@@ -49,20 +34,32 @@ def workspace(llmc, tmp_path_factory, tiny_model_dir, gsm8k_train):
     return root
 
 
-def check_resumed(llmc, root, name):
-    reference, run_dir = root / "runs" / "reference", root / "runs" / name
-    result = llmc("resume", name, cwd=root)
-    assert result.returncode == 0, result.stderr + result.stdout
-    assert "Traceback" not in result.stderr
-    assert step_losses(run_dir) == step_losses(reference)
-    assert same_weights(reference / "final", run_dir / "final")
-    leftovers = [p.name for p in (run_dir / "checkpoints").iterdir() if not p.name.startswith("step-0")]
-    assert not [n for n in leftovers if n.endswith((".tmp", ".deleting"))]
-    return result
+def losses(run_dir):
+    return {step: record["loss"] for step, record in by_step(run_dir).items()}
 
 
-def test_kill_9_at_random_steps_then_resume_is_exact(llmc, llmc_command, workspace, tiny_model_dir, gsm8k_train):
-    total = max(step_losses(workspace / "runs" / "reference"))
+@pytest.fixture(scope="module")
+def check_resumed(llmc, same_adapter):
+    """``check_resumed(root, name)``: resume run NAME, then compare it with the reference run."""
+
+    def check(root, name):
+        reference, run_dir = root / "runs" / "reference", root / "runs" / name
+        result = llmc("resume", name, cwd=root)
+        assert result.returncode == 0, result.stderr + result.stdout
+        assert "Traceback" not in result.stderr
+        assert losses(run_dir) == losses(reference)
+        same_adapter(reference / "final", run_dir / "final")
+        leftovers = [p.name for p in (run_dir / "checkpoints").iterdir()]
+        assert not [n for n in leftovers if n.endswith((".tmp", ".deleting"))]
+        return result
+
+    return check
+
+
+def test_kill_9_at_random_steps_then_resume_is_exact(
+    check_resumed, llmc_command, workspace, tiny_model_dir, gsm8k_train
+):
+    total = max(losses(workspace / "runs" / "reference"))
     rng = random.Random(7)
     for attempt, kill_after in enumerate(sorted(rng.sample(range(3, total - 1), 2))):
         name = f"killed-{attempt}"
@@ -80,7 +77,7 @@ def test_kill_9_at_random_steps_then_resume_is_exact(llmc, llmc_command, workspa
                 break
         proc.wait(timeout=120)
         assert proc.returncode == -signal.SIGKILL
-        check_resumed(llmc, workspace, name)
+        check_resumed(workspace, name)
 
 
 @pytest.mark.parametrize(
@@ -93,7 +90,7 @@ def test_kill_9_at_random_steps_then_resume_is_exact(llmc, llmc_command, workspa
     ],
 )
 def test_crash_at_each_save_phase_resumes_from_a_verified_checkpoint(
-    llmc, workspace, tiny_model_dir, gsm8k_train, fault
+    llmc, check_resumed, workspace, tiny_model_dir, gsm8k_train, fault
 ):
     name = "crash-" + fault.split(".")[1].split("@")[0]
     result = llmc(*train_args(gsm8k_train, tiny_model_dir, name), cwd=workspace, env={"LLMC_FAULTS": fault})
@@ -102,10 +99,12 @@ def test_crash_at_each_save_phase_resumes_from_a_verified_checkpoint(
     for path in (run_dir / "checkpoints").iterdir():  # the fault leaves no half checkpoint under a real name
         if not path.name.endswith((".tmp", ".deleting")):
             assert llmc("checkpoints", "verify", path, cwd=workspace).returncode == 0, path
-    check_resumed(llmc, workspace, name)
+    check_resumed(workspace, name)
 
 
-def test_corrupt_newest_checkpoint_is_refused_and_resume_falls_back(llmc, workspace, tiny_model_dir, gsm8k_train):
+def test_corrupt_newest_checkpoint_is_refused_and_resume_falls_back(
+    llmc, check_resumed, workspace, tiny_model_dir, gsm8k_train
+):
     name = "corrupt"
     fault = {"LLMC_FAULTS": "checkpoint.after-rename@6:kill"}
     result = llmc(*train_args(gsm8k_train, tiny_model_dir, name), cwd=workspace, env=fault)
@@ -124,7 +123,7 @@ def test_corrupt_newest_checkpoint_is_refused_and_resume_falls_back(llmc, worksp
     listing = llmc("checkpoints", "list", name, cwd=workspace)
     assert listing.returncode == 0 and "FAILED" in listing.stdout
 
-    result = check_resumed(llmc, workspace, name)
+    result = check_resumed(workspace, name)
     said = " ".join(result.stdout.split())
     assert "Refused step-000006" in said and "Refused step-000004" in said and "from step-000002" in said
 

@@ -19,8 +19,8 @@ class JsonlRecorder:
     """
 
     def __init__(self, run_dir: Path) -> None:
-        self._metrics = (run_dir / "metrics.jsonl").open("a", encoding="utf-8", buffering=1)
-        self._events = (run_dir / "events.jsonl").open("a", encoding="utf-8", buffering=1)
+        self._metrics = _append(run_dir / "metrics.jsonl")
+        self._events = _append(run_dir / "events.jsonl")
 
     def __call__(self, event: Event) -> None:
         record = event.to_dict()
@@ -32,3 +32,16 @@ class JsonlRecorder:
     def close(self) -> None:
         self._metrics.close()
         self._events.close()
+
+
+def _append(path: Path):
+    """Open for appending, starting on a fresh line if a killed writer left half of one."""
+    torn = False
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb") as handle:
+            handle.seek(-1, 2)
+            torn = handle.read(1) != b"\n"
+    handle = path.open("a", encoding="utf-8", buffering=1)
+    if torn:
+        handle.write("\n")
+    return handle
