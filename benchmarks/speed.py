@@ -431,9 +431,10 @@ def table(report: dict) -> str:
     lines.append("")
     lines.append(
         "Medians over interleaved rounds (" + ", ".join(f"{k}: {len(r['runs'])}" for k, r in results.items()) + "). "
-        f"Peak matmul: fp32 {peaks['float32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.1f} "
-        "GFLOP/s. A partial run stopped at its time budget: its tokens/s is real, its eval loss is not comparable."
+        f"Peak matmul: fp32 {peaks['float32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s."
     )
+    if any(r.get("partial") for r in results.values()):
+        lines[-1] += " A partial run stopped at its time budget: its tokens/s is real, its eval loss is not comparable."
     return "\n".join(lines)
 
 
