@@ -62,6 +62,7 @@ class StepEnded(Event):
     examples_per_s: float
     elapsed_s: float
     eta_s: float
+    update_ratio: float | None = None  # |parameter update| / |parameters| of the last step
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,17 @@ class RunResumed(Event):
 class TrainingWarning(Event):
     code: str
     message: str
+    suggestion: str | None = None  # what to change, when there is a clear fix
+    evidence: dict[str, Any] = field(default_factory=dict)  # the numbers behind the warning
+    step: int | None = None
+
+
+@dataclass(frozen=True)
+class SystemSampled(Event):
+    cpu_percent: float  # this process, 100 = one core busy
+    rss_mb: float  # this process
+    ram_percent: float  # the whole machine
+    gpus: list[dict[str, float]]  # per device: util_percent, memory_used_mb, memory_total_mb
 
 
 @dataclass(frozen=True)
