@@ -132,3 +132,44 @@ def test_eval_uses_the_validation_file_when_given(tmp_path, tiny_model_dir):
     started = next(e for e in events if isinstance(e, RunStarted))
     assert (started.train_examples, started.val_examples) == (20, 60)
     assert any(isinstance(e, EvalEnded) for e in events)
+
+
+def test_tensorboard_events_match_the_metrics_log(tmp_path, tiny_model_dir, gsm8k_train):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from llmc_cli.monitor.records import by_step
+
+    run_dir = FineTuner(
+        gsm8k_train, model=str(tiny_model_dir), output=tmp_path, max_steps=4, limit=40, **SAMPLE_OPTS
+    ).train()
+    accumulator = EventAccumulator(str(run_dir / "tb"))
+    accumulator.Reload()
+    scalars = accumulator.Tags()["scalars"]
+    for tag in ("train/loss", "train/learning_rate", "train/grad_norm", "train/update_to_weight_ratio", "eval/loss"):
+        assert tag in scalars, tag
+    logged = {s: r["loss"] for s, r in by_step(run_dir).items()}
+    written = {e.step: e.value for e in accumulator.Scalars("train/loss")}
+    assert written.keys() == logged.keys() == {1, 2, 3, 4}
+    assert all(abs(written[s] - logged[s]) < 1e-6 * abs(logged[s]) for s in logged)
+    ratios = [e.value for e in accumulator.Scalars("train/update_to_weight_ratio")]
+    assert all(0 < r < 1 for r in ratios)
+
+
+def test_monitoring_off_and_no_tensorboard(tmp_path, tiny_model_dir, gsm8k_train):
+    events = []
+    run_dir = (
+        FineTuner(
+            gsm8k_train,
+            model=str(tiny_model_dir),
+            output=tmp_path,
+            max_steps=2,
+            limit=40,
+            enable_monitoring=False,
+            report_to="none",
+            **SAMPLE_OPTS,
+        )
+        .subscribe(events.append)
+        .train()
+    )
+    assert not (run_dir / "tb").exists()
+    assert not [e for e in events if type(e).__name__ == "SystemSampled"]

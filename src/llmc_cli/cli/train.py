@@ -53,6 +53,7 @@ def train(
     checkpoint_minutes: Annotated[float | None, _opt("checkpoint_minutes", "--checkpoint-minutes")] = None,
     max_checkpoints: Annotated[int | None, _opt("max_checkpoints", "--max-checkpoints")] = None,
     keep_best: Annotated[int | None, _opt("keep_best_checkpoints", "--keep-best")] = None,
+    report_to: Annotated[str | None, _opt("report_to", "--report-to")] = None,
 ) -> None:
     """Fine-tune a model with LoRA on a data file.
 
@@ -72,7 +73,7 @@ def train(
         "val_data": val_data, "eval_every": eval_every, "seed": seed, "output": output, "run_name": run_name,
         "train_on_prompt": train_on_prompt, "packing": packing, "merge": merge,
         "checkpoint_interval": checkpoint_interval, "checkpoint_minutes": checkpoint_minutes,
-        "max_checkpoints": max_checkpoints, "keep_best_checkpoints": keep_best,
+        "max_checkpoints": max_checkpoints, "keep_best_checkpoints": keep_best, "report_to": report_to,
     }  # fmt: skip
     console = Console()
     with console.status("Loading the training engine..."):

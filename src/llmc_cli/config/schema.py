@@ -94,6 +94,13 @@ class LoraSettings(_Section):
         return value.strip() if isinstance(value, str) else value
 
 
+def _split_names(value: Any) -> Any:
+    """'a,b' -> ('a', 'b'); 'none' or '' -> ()."""
+    if isinstance(value, str):
+        value = [part for part in (p.strip() for p in value.split(",")) if part and part != "none"]
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
 class TrainingSettings(_Section):
     """The optimisation schedule."""
 
@@ -127,7 +134,14 @@ class RunSettings(_Section):
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Name of the run directory (default run-N)."
     )
     merge: bool = Field(False, description="Also write merged full weights next to the adapter.")
-    enable_monitoring: bool = Field(True, description="Collect and show training metrics.")
+    enable_monitoring: bool = Field(
+        True, description="Sample system metrics and watch for training issues (loss spikes, plateaus...)."
+    )
+    report_to: tuple[Literal["tensorboard"], ...] = Field(
+        ("tensorboard",), description="Metric sinks besides metrics.jsonl: 'tensorboard', or 'none'."
+    )
+    _report_to = field_validator("report_to", mode="before")(lambda cls, value: _split_names(value))
+
     checkpoint_interval: int = Field(100, ge=1, description="Save a checkpoint every N optimizer steps.")
     checkpoint_minutes: float | None = Field(
         None, gt=0, description="Also save when this many minutes have passed since the last checkpoint."

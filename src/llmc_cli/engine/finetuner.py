@@ -94,10 +94,9 @@ class FineTuner:
 
         Raises:
             LlmcError: bad config, data or model; RunInterrupted after SIGINT/SIGTERM
-                (the adapter so far is saved in ``run_dir/interrupted``).
+                (a checkpoint is saved; ``FineTuner.resume(run_dir)`` continues).
         """
         from llmc_cli.engine.loop import Trainer
-        from llmc_cli.monitor.sinks import JsonlRecorder
 
         plan = self.plan()
         config = plan.resolved.config
@@ -106,15 +105,14 @@ class FineTuner:
             write_json(run_dir / "config.json", plan.resolved.to_json())
         else:
             run_dir = self._resume.run_dir
-        recorder = JsonlRecorder(run_dir)
         bus = EventBus()
-        bus.subscribe(recorder)
+        sinks = _attach_consumers(bus, run_dir, config)
         for subscriber in self._subscribers:
             bus.subscribe(subscriber)
         started = time.perf_counter()
         status, facts, result, adapter_dir, error = "failed", {}, None, None, None
         try:
-            with bus, StopRequest() as stop:
+            with bus, StopRequest() as stop, _system_sampling(bus, config.run.enable_monitoring):
                 trainer = Trainer(plan, run_dir, bus, stop)
                 try:
                     trainer.setup()
@@ -144,8 +142,35 @@ class FineTuner:
                     write_json(run_dir / "summary.json", summary)
                     bus.emit(RunEnded(status, str(run_dir), str(adapter_dir) if adapter_dir else None, summary))
         finally:
-            recorder.close()
+            for sink in sinks:
+                sink.close()
         return run_dir
+
+
+def _attach_consumers(bus: EventBus, run_dir: Path, config) -> list:
+    """Subscribe the run's record keepers and monitors; returns those that need closing."""
+    from llmc_cli.monitor.sinks import JsonlRecorder
+
+    sinks: list = [JsonlRecorder(run_dir)]
+    if "tensorboard" in config.run.report_to:
+        from llmc_cli.monitor.tensorboard import TensorBoardSink
+
+        sinks.append(TensorBoardSink(run_dir))
+    for sink in sinks:
+        bus.subscribe(sink)
+    if config.run.enable_monitoring:
+        from llmc_cli.monitor.detectors import IssueMonitor
+
+        bus.subscribe(IssueMonitor(bus))
+    return sinks
+
+
+def _system_sampling(bus: EventBus, enabled: bool):
+    from contextlib import nullcontext
+
+    from llmc_cli.monitor.system import SystemSampler
+
+    return SystemSampler(bus) if enabled else nullcontext()
 
 
 def _peak_rss_mb() -> float:

@@ -336,7 +336,9 @@ class Trainer:
                 acc.backward(loss * scale)
             loss_sum += loss.detach()
         grad_norm = acc.clip_grad_norm_(self.params, self.config.training.max_grad_norm)
+        before = torch._foreach_mul([p.detach() for p in self.params], 1.0)  # copies of the trainable weights
         self.optimizer.step()
+        self.update_ratio = _update_ratio(self.params, before)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum, targets, grad_norm
@@ -394,6 +396,7 @@ class Trainer:
                 examples_per_s=interval.examples / seconds,
                 elapsed_s=self.state.position.train_time_s,  # training time before this step
                 eta_s=seconds / max(interval.steps, 1) * (self.total_steps - step),
+                update_ratio=float(self.update_ratio),
             )
         )
         return loss
@@ -456,6 +459,14 @@ def default_eval_interval(total_steps: int, tokens_per_step: float, val_tokens: 
     affordable = int(EVAL_SHARE * 3 * total_steps * tokens_per_step / max(val_tokens, 1))
     evaluations = min(10, max(1, affordable - 1))  # scheduled ones, the final one included
     return max(1, math.ceil(total_steps / evaluations))
+
+
+def _update_ratio(params: list[torch.Tensor], before: list[torch.Tensor]) -> torch.Tensor:
+    """Norm of the step's update over the norm of the weights (stays on the device: no sync)."""
+    after = [p.detach() for p in params]
+    update = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(torch._foreach_sub(after, before))))
+    weight = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(after)))
+    return update / weight.clamp(min=1e-12)
 
 
 class _Interval:

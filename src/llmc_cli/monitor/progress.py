@@ -38,6 +38,10 @@ def describe_eval(event: EvalEnded) -> str:
     return f"eval  step {event.step:>6}  loss {event.eval_loss:.4f}  ppl {event.perplexity:.2f}"
 
 
+def describe_warning(event: TrainingWarning) -> str:
+    return f"{event.message} Suggestion: {event.suggestion}" if event.suggestion else event.message
+
+
 def describe_note(event: Event) -> str | None:
     """One line for checkpoint and resume events (None for other events)."""
     if isinstance(event, CheckpointSaved):
@@ -71,7 +75,7 @@ class PlainLog:
         elif isinstance(event, EvalEnded):
             self.console.print(describe_eval(event), highlight=False)
         elif isinstance(event, TrainingWarning):
-            self.console.print(f"warning: {event.message}", highlight=False, soft_wrap=True)
+            self.console.print(f"warning: {describe_warning(event)}", highlight=False, soft_wrap=True)
         elif (note := describe_note(event)) is not None:
             self.console.print(note, highlight=False, soft_wrap=True)
 
@@ -112,7 +116,7 @@ class RichProgress:
         elif isinstance(event, EvalEnded):
             self.progress.console.print(describe_eval(event), highlight=False)
         elif isinstance(event, TrainingWarning):
-            self.progress.console.print(f"[yellow]warning:[/] {event.message}")
+            self.progress.console.print(f"[yellow]warning:[/] {describe_warning(event)}", highlight=False)
         elif (note := describe_note(event)) is not None:
             self.progress.console.print(note, highlight=False)
         elif isinstance(event, RunEnded):
