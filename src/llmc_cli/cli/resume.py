@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from llmc_cli.cli.train import execute, quiet_libraries
+from llmc_cli.cli.train import DashboardOpt, execute, quiet_libraries
 
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Folder that holds the run directories.")]
 
@@ -19,6 +19,7 @@ def resume(
         str, typer.Option("--from", help="latest, best, step-N, or a checkpoint directory.", show_default=True)
     ] = "latest",
     output: OutputOpt = Path("runs"),
+    dashboard: DashboardOpt = True,
 ) -> None:
     """Continue a run exactly where a checkpoint left it.
 
@@ -42,4 +43,4 @@ def resume(
     for refused in target.refused:
         console.print(f"[yellow]Refused {refused.path.name}:[/] {refused.reason()}", highlight=False)
     console.print(f"Resuming {target.run_dir} from {target.checkpoint.name}.", highlight=False)
-    execute(tuner, console)
+    execute(tuner, console, dashboard)

@@ -54,6 +54,7 @@ def train(
     max_checkpoints: Annotated[int | None, _opt("max_checkpoints", "--max-checkpoints")] = None,
     keep_best: Annotated[int | None, _opt("keep_best_checkpoints", "--keep-best")] = None,
     report_to: Annotated[str | None, _opt("report_to", "--report-to")] = None,
+    dashboard: DashboardOpt = True,
 ) -> None:
     """Fine-tune a model with LoRA on a data file.
 
@@ -83,14 +84,20 @@ def train(
     tuner = FineTuner(config_file=config, demo=demo, **flags)
     with console.status("Checking configuration, data and model..."):
         tuner.plan()
-    execute(tuner, console)
+    execute(tuner, console, dashboard)
 
 
-def execute(tuner, console: Console) -> None:
-    """Run a planned FineTuner with progress output, then print the summary panel."""
-    from llmc_cli.monitor.progress import PlainLog, RichProgress
+DashboardOpt = Annotated[
+    bool, typer.Option("--dashboard/--no-dashboard", help="Live dashboard on a terminal, or one log line per step.")
+]
 
-    tuner.subscribe(RichProgress(console) if console.is_terminal else PlainLog(console))
+
+def execute(tuner, console: Console, dashboard: bool = True) -> None:
+    """Run a planned FineTuner with the dashboard (or plain log lines), then print the summary panel."""
+    from llmc_cli.monitor.dashboard import Dashboard
+    from llmc_cli.monitor.progress import PlainLog
+
+    tuner.subscribe(Dashboard(console) if console.is_terminal and dashboard else PlainLog(console))
     run_dir = tuner.train()
     _render_summary(console, run_dir)
 
@@ -103,6 +110,17 @@ def quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def _checkpoints_line(run_dir: Path) -> str:
+    from llmc_cli.checkpoints import catalog
+
+    found = [e for e in catalog.entries(run_dir) if e.complete]
+    if not found:
+        return "none"
+    best = catalog.best(found)
+    best_text = f", best {best.path.name} (eval {best.metrics['eval_loss']:.4f})" if best else ""
+    return f"{len(found)} kept in {run_dir / catalog.CHECKPOINTS}{best_text}"
 
 
 def _render_summary(console: Console, run_dir: Path) -> None:
@@ -118,11 +136,13 @@ def _render_summary(console: Console, run_dir: Path) -> None:
         f"Adapter:    {summary['adapter_dir']}  (PeftModel.from_pretrained loads it)",
         f"Eval loss:  {loss('initial_eval_loss')} at step 0 -> {loss('final_eval_loss')} "
         f"after {summary['steps']} steps",
+        f"Best eval:  {loss('best_eval_loss')}",
         f"Train loss: {loss('final_train_loss')} (last logged)",
         f"Time:       {summary['train_time_s']:.1f} s training ({summary['tokens_per_s']:,.0f} tokens/s), "
         f"{summary['eval_time_s']:.1f} s evaluating, peak RSS {summary['peak_rss_mb']:,.0f} MB",
         f"Precision:  {summary['precision']} ({summary['precision_reason']})",
     ]
+    lines.append(f"Checkpoints: {_checkpoints_line(run_dir)}")
     if summary.get("merged_dir"):
         lines.append(f"Merged:     {summary['merged_dir']}")
     console.print(Panel("\n".join(lines), title="llmc: training complete", expand=False), highlight=False)

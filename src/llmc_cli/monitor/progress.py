@@ -1,19 +1,17 @@
-"""Progress consumers: a Rich progress bar on a terminal, plain log lines elsewhere.
+"""Plain progress lines (one per logged step, eval, warning, checkpoint) and the shared wording.
 
-Both are event subscribers; they never touch the loop. (The full live dashboard is its
-own module, built on the same events.)
+Used where stdout is not a terminal or with ``--no-dashboard``; the live dashboard
+(``dashboard.py``) reuses the same descriptions.
 """
 
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from llmc_cli.engine.events import (
     CheckpointSaved,
     EvalEnded,
     Event,
-    RunEnded,
     RunResumed,
     RunStarted,
     StepEnded,
@@ -78,46 +76,3 @@ class PlainLog:
             self.console.print(f"warning: {describe_warning(event)}", highlight=False, soft_wrap=True)
         elif (note := describe_note(event)) is not None:
             self.console.print(note, highlight=False, soft_wrap=True)
-
-
-class RichProgress:
-    """A progress bar with loss, learning rate, throughput and ETA, for terminals."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss [cyan]{task.fields[loss]}"),
-            TextColumn("lr {task.fields[lr]}"),
-            TextColumn("{task.fields[speed]} tok/s"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
-        self.task = None
-
-    def __call__(self, event: Event) -> None:
-        if isinstance(event, RunStarted):
-            self.console.print(describe_start(event), highlight=False)
-            self.task = self.progress.add_task("train", total=event.total_steps, loss="-", lr="-", speed="-")
-            self.progress.start()
-        elif isinstance(event, StepEnded) and self.task is not None:
-            self.progress.update(
-                self.task,
-                completed=event.step,
-                loss=f"{event.loss:.4f}",
-                lr=f"{event.lr:.2e}",
-                speed=f"{event.tokens_per_s:,.0f}",
-            )
-        elif isinstance(event, EvalEnded):
-            self.progress.console.print(describe_eval(event), highlight=False)
-        elif isinstance(event, TrainingWarning):
-            self.progress.console.print(f"[yellow]warning:[/] {describe_warning(event)}", highlight=False)
-        elif (note := describe_note(event)) is not None:
-            self.progress.console.print(note, highlight=False)
-        elif isinstance(event, RunEnded):
-            self.progress.stop()

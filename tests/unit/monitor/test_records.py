@@ -32,3 +32,12 @@ def test_recorder_starts_a_fresh_line_after_a_torn_one(tmp_path):
     recorder.close()
     assert [r["type"] for r in read_metrics(tmp_path)] == ["train", "resume"]
     assert by_step(tmp_path) == {}
+
+
+def test_sparkline_scales_the_recent_curve():
+    from llmc_cli.monitor.dashboard import sparkline
+
+    assert sparkline([1.0]) == ""
+    assert sparkline([3.0, 2.0, 1.0]) == "█▅▁"
+    assert sparkline([5.0, float("nan"), 5.0]) == "▁▁"  # flat, and non-finite values skipped
+    assert len(sparkline(list(range(100)), width=40)) == 40
