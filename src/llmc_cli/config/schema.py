@@ -137,8 +137,9 @@ class RunSettings(_Section):
     enable_monitoring: bool = Field(
         True, description="Sample system metrics and watch for training issues (loss spikes, plateaus...)."
     )
-    report_to: tuple[Literal["tensorboard"], ...] = Field(
-        ("tensorboard",), description="Metric sinks besides metrics.jsonl: 'tensorboard', or 'none'."
+    report_to: tuple[Literal["tensorboard", "wandb", "mlflow"], ...] = Field(
+        ("tensorboard",),
+        description="Trackers besides metrics.jsonl: tensorboard, wandb, mlflow (comma-separated), or none.",
     )
     _report_to = field_validator("report_to", mode="before")(lambda cls, value: _split_names(value))
 

@@ -97,9 +97,11 @@ class FineTuner:
                 (a checkpoint is saved; ``FineTuner.resume(run_dir)`` continues).
         """
         from llmc_cli.engine.loop import Trainer
+        from llmc_cli.monitor.reporters import check_installed
 
         plan = self.plan()
         config = plan.resolved.config
+        check_installed(config.run.report_to)  # before a run directory exists
         if self._resume is None:
             run_dir = create_run_dir(config.run.output, config.run.run_name)
             write_json(run_dir / "config.json", plan.resolved.to_json())
@@ -149,13 +151,11 @@ class FineTuner:
 
 def _attach_consumers(bus: EventBus, run_dir: Path, config) -> list:
     """Subscribe the run's record keepers and monitors; returns those that need closing."""
+    from llmc_cli.monitor import reporters
     from llmc_cli.monitor.sinks import JsonlRecorder
 
     sinks: list = [JsonlRecorder(run_dir)]
-    if "tensorboard" in config.run.report_to:
-        from llmc_cli.monitor.tensorboard import TensorBoardSink
-
-        sinks.append(TensorBoardSink(run_dir))
+    sinks += reporters.create(config.run.report_to, run_dir, config.flat())
     for sink in sinks:
         bus.subscribe(sink)
     if config.run.enable_monitoring:
