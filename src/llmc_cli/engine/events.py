@@ -106,6 +106,7 @@ class SystemSampled(Event):
     rss_mb: float  # this process
     ram_percent: float  # the whole machine
     gpus: list[dict[str, float]]  # per device: util_percent, memory_used_mb, memory_total_mb
+    torch_allocated_mb: list[float] = field(default_factory=list)  # per CUDA device, by PyTorch's allocator
 
 
 @dataclass(frozen=True)

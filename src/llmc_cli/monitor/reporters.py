@@ -38,6 +38,8 @@ def scalars(event: Event) -> dict[str, float] | None:
         for index, gpu in enumerate(event.gpus):
             values[f"system/gpu{index}_util_percent"] = gpu["util_percent"]
             values[f"system/gpu{index}_memory_mb"] = gpu["memory_used_mb"]
+        for index, allocated in enumerate(event.torch_allocated_mb):
+            values[f"system/cuda{index}_torch_allocated_mb"] = allocated
         return values
     if isinstance(event, CheckpointSaved):
         return {"checkpoint/save_seconds": event.duration_s}

@@ -1,12 +1,14 @@
 """A background sampler of system metrics: CPU and memory (psutil), GPUs (pynvml, torch.cuda).
 
 It runs in its own daemon thread and emits ``SystemSampled`` events every ``interval_s``
-seconds; the training loop never waits for it. GPU fields are an empty list where there is
-no NVIDIA GPU or driver, and the displays show n/a.
+seconds; the training loop never waits for it. GPU fields (NVML utilisation and memory per
+device, and what PyTorch's CUDA allocator holds) are empty lists where there is no NVIDIA
+GPU, driver or CUDA use, and the displays show n/a.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -48,6 +50,14 @@ def gpu_metrics(handles: list[Any]) -> list[dict[str, float]]:
     return out
 
 
+def torch_cuda_allocated_mb() -> list[float]:
+    """Memory held by PyTorch's CUDA allocator per device; empty until this process has used CUDA."""
+    torch = sys.modules.get("torch")  # never import torch (or initialise CUDA) just to sample
+    if torch is None or not torch.cuda.is_initialized():
+        return []
+    return [torch.cuda.memory_allocated(i) / 2**20 for i in range(torch.cuda.device_count())]
+
+
 class SystemSampler:
     """Emits a ``SystemSampled`` event every ``interval_s`` seconds while running."""
 
@@ -68,6 +78,7 @@ class SystemSampler:
             rss_mb=rss,
             ram_percent=psutil.virtual_memory().percent,
             gpus=gpu_metrics(self._handles),
+            torch_allocated_mb=torch_cuda_allocated_mb(),
         )
 
     def start(self) -> SystemSampler:

@@ -30,3 +30,15 @@ def test_samples_describe_this_process_and_stop_cleanly():
     assert max(e.cpu_percent for e in bus.events) > 20
     assert isinstance(sample.gpus, list)  # empty on machines without an NVIDIA GPU
     del ballast
+
+
+def test_torch_cuda_memory_is_read_without_initialising_cuda():
+    import torch
+
+    from llmc_cli.monitor.system import torch_cuda_allocated_mb
+
+    allocated = torch_cuda_allocated_mb()
+    if not torch.cuda.is_available():
+        assert allocated == [] and not torch.cuda.is_initialized()
+    else:
+        assert len(allocated) in (0, torch.cuda.device_count())
