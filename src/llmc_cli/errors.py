@@ -19,6 +19,7 @@ class LlmcError(Exception):
 
     exit_code = 1
     title = "Error"
+    report = None  # the failure report written for it, if any
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -55,6 +56,27 @@ class TrainingError(LlmcError):
 
     exit_code = 5
     title = "Training error"
+
+
+class DivergenceError(TrainingError):
+    """The loss kept diverging (NaN/Inf or spikes) after the allowed rollbacks."""
+
+    exit_code = 7
+    title = "Training diverged"
+
+
+class OutOfMemory(TrainingError):
+    """Out of memory even at the smallest micro-batch with gradient checkpointing."""
+
+    exit_code = 8
+    title = "Out of memory"
+
+
+class UnexpectedFailure(TrainingError):
+    """An error llmc has no recovery for; state was saved and a failure report written."""
+
+    exit_code = 9
+    title = "Training failed"
 
 
 class CheckpointError(LlmcError):

@@ -1,32 +1,137 @@
-"""Fault injection for the reliability tests: crash or fail at a named point, on purpose.
+"""Fault injection for the reliability tests: fail at a chosen moment, on purpose.
 
-``LLMC_FAULTS`` holds comma-separated ``point@step:action`` items, for example
-``checkpoint.before-rename@4:kill`` (SIGKILL this process when the step-4 checkpoint reaches
-that point) or ``checkpoint.write@2:enospc`` (raise "No space left on device" there). The
-step may be left out to fire every time. Without the variable every call returns at once.
+``LLMC_FAULTS`` holds comma-separated items ``name[@step][:action]``; the step is written
+``12``, ``step=12`` or a range ``step=30-34``, and may be left out to fire at every step.
+
+Training faults fire at the given optimizer step, once per process unless the action is
+``every`` (a bad batch that comes back after a rollback):
+
+- ``oom``      CUDA out of memory during the step (``torch.OutOfMemoryError``)
+- ``cpu-oom``  the CPU allocator's failure, as PyTorch raises it under a memory limit
+- ``nan``      the step's loss becomes NaN
+- ``spike``    the step's loss is multiplied by 10
+- ``data``     the step's batch cannot be read
+- ``error``    any other exception (a bug, a driver failure)
+- ``eval-oom`` out of memory in the evaluation at that step
+
+Checkpoint faults fire when a save reaches a point, every time: ``checkpoint.write``,
+``checkpoint.before-rename``, ``checkpoint.after-rename``, ``checkpoint.during-delete``, with
+action ``kill`` (SIGKILL this process) or ``enospc`` (raise "No space left on device").
+
+Example: ``LLMC_FAULTS="oom@step=12,nan@step=30,checkpoint.write@4:enospc"``. Without the
+variable every call returns at once.
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import os
+import re
 import signal
+from dataclasses import dataclass
 
 ENV = "LLMC_FAULTS"
+TRAINING = ("oom", "cpu-oom", "nan", "spike", "data", "error", "eval-oom")
+CHECKPOINT = ("checkpoint.write", "checkpoint.before-rename", "checkpoint.after-rename", "checkpoint.during-delete")
+SPIKE_FACTOR = 10.0
+CPU_OOM_MESSAGE = (
+    "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+    "you tried to allocate 268435456 bytes. Error code 12 (Cannot allocate memory) (injected)"
+)
+
+
+class InjectedError(RuntimeError):
+    """The ``error`` fault: stands for any failure llmc has no specific recovery for."""
+
+
+class InjectedDataError(ValueError):
+    """The ``data`` fault: a batch that cannot be read."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    first: int | None  # None: every step
+    last: int | None
+    action: str
+
+    def matches(self, name: str, step: int | None) -> bool:
+        if name != self.name:
+            return False
+        return self.first is None or step is None or self.first <= step <= (self.last or self.first)
+
+
+def parse(spec: str) -> list[Fault]:
+    """Parse ``LLMC_FAULTS``; a malformed item raises ValueError naming it."""
+    faults = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        match = re.fullmatch(r"([a-z.-]+)(?:@(?:step=)?(\d+)(?:-(\d+))?)?(?::([a-z]+))?", item)
+        if not match or match.group(1) not in TRAINING + CHECKPOINT:
+            raise ValueError(f"{ENV}: cannot read {item!r}; names: {', '.join(TRAINING + CHECKPOINT)}")
+        name, first, last, action = match.groups()
+        allowed = ("kill", "enospc") if name in CHECKPOINT else ("once", "every")
+        action = action or allowed[0]
+        if action not in allowed:
+            raise ValueError(f"{ENV}: action {action!r} in {item!r}; use {' or '.join(allowed)}")
+        faults.append(Fault(name, int(first) if first else None, int(last) if last else None, action))
+    return faults
+
+
+def _configured() -> list[Fault]:
+    spec = os.environ.get(ENV)
+    return parse(spec) if spec else []
 
 
 def hit(point: str, step: int | None = None) -> None:
-    """Fire the fault configured for ``point`` (at ``step``), if any."""
-    spec = os.environ.get(ENV)
-    if not spec:
-        return
-    for item in spec.split(","):
-        where, _, action = item.strip().partition(":")
-        name, _, at = where.partition("@")
-        if name != point or (at and step is not None and int(at) != step):
+    """Fire the checkpoint fault configured for ``point`` (at ``step``), if any."""
+    for fault in _configured():
+        if not fault.matches(point, step):
             continue
-        if action == "kill":
+        if fault.action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
-        if action == "enospc":
-            raise OSError(errno.ENOSPC, f"No space left on device (injected at {point})")
-        raise ValueError(f"{ENV}: unknown action {action!r} in {item!r} (use kill or enospc)")
+        raise OSError(errno.ENOSPC, f"No space left on device (injected at {point})")
+
+
+class TrainingFaults:
+    """The training faults of this process; each ``once`` fault fires at most once per step."""
+
+    def __init__(self, faults: list[Fault] | None = None) -> None:
+        self.faults = [f for f in (_configured() if faults is None else faults) if f.name in TRAINING]
+        self._fired: set[tuple[Fault, int]] = set()
+
+    def _fires(self, name: str, step: int) -> bool:
+        for fault in self.faults:
+            if fault.matches(name, step) and (fault.action == "every" or (fault, step) not in self._fired):
+                self._fired.add((fault, step))
+                return True
+        return False
+
+    def in_step(self, step: int) -> None:
+        """Raise the failure injected into ``step``'s forward/backward, if any."""
+        if not self.faults:
+            return
+        if self._fires("oom", step):
+            import torch
+
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 2.00 GiB (injected at step {step})")
+        if self._fires("cpu-oom", step):
+            raise RuntimeError(CPU_OOM_MESSAGE)
+        if self._fires("data", step):
+            raise InjectedDataError(f"Batch of step {step} cannot be read (injected)")
+        if self._fires("error", step):
+            raise InjectedError(f"Injected failure at step {step}")
+
+    def loss_factor(self, step: int) -> float:
+        """What the step's loss is multiplied by: NaN, the spike factor, or 1."""
+        if not self.faults:
+            return 1.0
+        if self._fires("nan", step):
+            return math.nan
+        return SPIKE_FACTOR if self._fires("spike", step) else 1.0
+
+    def in_eval(self, step: int) -> None:
+        if self.faults and self._fires("eval-oom", step):
+            import torch
+
+            raise torch.OutOfMemoryError(f"CUDA out of memory during evaluation (injected at step {step})")

@@ -46,6 +46,8 @@ class TrainerState:
     eval_history: list[tuple[int, float]] = field(default_factory=list)  # (step, eval loss)
     initial_eval_loss: float | None = None
     last_train_loss: float | None = None
+    controls: dict[str, Any] = field(default_factory=dict)  # clipping, divergence, plateau, early stopping
+    recovery: dict[str, Any] = field(default_factory=dict)  # what automatic recovery changed
 
     def metrics(self) -> dict[str, float]:
         out = {}
@@ -65,6 +67,8 @@ class TrainerState:
             eval_history=[(int(s), float(v)) for s, v in data.get("eval_history", [])],
             initial_eval_loss=data.get("initial_eval_loss"),
             last_train_loss=data.get("last_train_loss"),
+            controls=dict(data.get("controls", {})),
+            recovery=dict(data.get("recovery", {})),
         )
 
 

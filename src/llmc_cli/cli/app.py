@@ -55,6 +55,8 @@ def main() -> None:
         err.print(f"[bold red]{exc.title}:[/] {exc.message}", soft_wrap=True)
         if exc.hint:
             err.print(f"[bold]Fix:[/] {exc.hint}", soft_wrap=True)
+        if getattr(exc, "report", None):
+            err.print(f"[bold]Failure report:[/] {exc.report}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("Interrupted.")

@@ -114,7 +114,22 @@ class TrainingSettings(_Section):
         "cosine", description="Learning-rate decay after warmup."
     )
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Clip the gradient norm to this value.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Clip the gradient norm to at most this value.")
+    adaptive_clipping: bool = Field(
+        True,
+        description="Clip at a running percentile of the last 100 gradient norms (never above max_grad_norm); "
+        "the threshold is logged every step.",
+    )
+    clip_percentile: float = Field(95.0, ge=50.0, le=100.0, description="Percentile used by adaptive clipping.")
+    adaptive_lr: bool = Field(
+        True, description="Lower the learning rate, on top of the schedule, when the eval loss stops improving."
+    )
+    lr_plateau_patience: int = Field(3, ge=1, description="Evaluations without improvement before lowering the LR.")
+    lr_plateau_factor: float = Field(0.5, gt=0.0, lt=1.0, description="Factor applied to the LR on a plateau.")
+    lr_plateau_cooldown: int = Field(1, ge=0, description="Evaluations to wait after lowering the LR.")
+    min_lr_ratio: float = Field(
+        0.05, gt=0.0, le=1.0, description="Plateau reductions never take the LR below this fraction of the plan."
+    )
     eval_every: int | None = Field(
         None,
         ge=1,
@@ -155,8 +170,28 @@ class RunSettings(_Section):
     on_checkpoint_error: Literal["continue", "stop"] = Field(
         "continue", description="When a checkpoint cannot be written (a full disk): keep training, or stop."
     )
-    enable_early_stopping: bool = Field(False, description="Stop when eval loss stops improving (recorded).")
-    early_stopping_patience: int = Field(5, ge=1, description="Evaluations without improvement (recorded).")
+    enable_early_stopping: bool = Field(
+        False, description="Stop when the eval loss stops improving; the best adapter is restored at the end."
+    )
+    early_stopping_patience: int = Field(5, ge=1, description="Evaluations without improvement before stopping.")
+    early_stopping_min_delta: float = Field(
+        0.0, ge=0.0, description="Smallest eval-loss decrease that counts as an improvement."
+    )
+    auto_recovery: bool = Field(
+        True,
+        description="Recover on its own from out-of-memory (smaller micro-batch, gradient checkpointing) and "
+        "divergence (skip, roll back, lower LR); false fails at once with a report.",
+    )
+    max_rollbacks: int = Field(3, ge=0, description="Rollbacks to the last good state before giving up.")
+    max_oom_retries: int = Field(4, ge=0, description="Out-of-memory fallbacks before giving up.")
+    nan_tolerance: int = Field(3, ge=1, description="Non-finite steps in a row that are skipped before rolling back.")
+    spike_threshold: float = Field(
+        3.0,
+        gt=1.0,
+        description="A loss above this multiple of the recent median (and far outside its spread) "
+        "is a spike and rolls back.",
+    )
+    max_skipped_batches: int = Field(10, ge=0, description="Batches recovery may skip in a run.")
     enable_hyperparameter_tuning: bool = Field(False, description="Tune before training (recorded).")
     hyperparameter_trials: int = Field(10, ge=1, description="Optuna trials when tuning (recorded).")
     enable_distributed_training: bool = Field(

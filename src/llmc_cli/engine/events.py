@@ -63,6 +63,7 @@ class StepEnded(Event):
     elapsed_s: float
     eta_s: float
     update_ratio: float | None = None  # |parameter update| / |parameters| of the last step
+    clip_threshold: float | None = None  # gradient-norm clipping threshold of the last step
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,26 @@ class TrainingWarning(Event):
     suggestion: str | None = None  # what to change, when there is a clear fix
     evidence: dict[str, Any] = field(default_factory=dict)  # the numbers behind the warning
     step: int | None = None
+
+
+@dataclass(frozen=True)
+class Adjustment(Event):
+    """A change the engine made on its own: recovery from a failure, or a training control."""
+
+    step: int
+    cause: str  # oom-gpu, oom-cpu, non-finite, spike, data, checkpoint, plateau, early-stopping
+    action: str  # halved-micro-batch, gradient-checkpointing, skipped-batch, rolled-back, lowered-lr, ...
+    message: str
+    settings: dict[str, Any] = field(default_factory=dict)  # micro-batch, accumulation, LR scale ... after it
+
+
+@dataclass(frozen=True)
+class RolledBack(Event):
+    """Training went back to the state after ``step``; later records of the abandoned steps are void."""
+
+    step: int
+    from_step: int
+    source: str  # a checkpoint path, or "start of this session"
 
 
 @dataclass(frozen=True)
@@ -143,6 +164,11 @@ class EventBus:
         """Enqueue an event; never blocks the caller on a consumer."""
         self._queue.put(event)
 
+    def flush(self) -> None:
+        """Wait until every event emitted so far has been handed to the subscribers."""
+        if self._thread is not None:
+            self._queue.join()
+
     def close(self) -> None:
         """Deliver everything queued, then stop the dispatcher."""
         if self._thread is not None:
@@ -164,3 +190,5 @@ class EventBus:
                 except Exception as exc:  # a broken consumer must not stop training
                     self._subscribers.remove(subscriber)
                     print(f"llmc: event consumer {subscriber!r} failed and was detached: {exc}", file=sys.stderr)
+            self._queue.task_done()
+        self._queue.task_done()

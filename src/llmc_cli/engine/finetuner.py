@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from llmc_cli.engine.events import EventBus, RunEnded, RunResumed, Subscriber, TrainingWarning
+from llmc_cli.engine.failure import write_failure_report
 from llmc_cli.engine.interrupt import StopRequest
 from llmc_cli.engine.plan import RunPlan, plan_run, user_layers
 from llmc_cli.engine.resume import ResumeTarget, find_target, plan_resume
 from llmc_cli.engine.rundir import create_run_dir, write_json
-from llmc_cli.errors import LlmcError
+from llmc_cli.errors import LlmcError, RunInterrupted, UnexpectedFailure
 
 
 class FineTuner:
@@ -112,7 +113,7 @@ class FineTuner:
         for subscriber in self._subscribers:
             bus.subscribe(subscriber)
         started = time.perf_counter()
-        status, facts, result, adapter_dir, error = "failed", {}, None, None, None
+        status, facts, result, adapter_dir, error, report = "failed", {}, None, None, None, None
         try:
             with bus, StopRequest() as stop, _system_sampling(bus, config.run.enable_monitoring):
                 trainer = Trainer(plan, run_dir, bus, stop)
@@ -132,15 +133,31 @@ class FineTuner:
                     if config.run.merge:
                         facts["merged_dir"] = str(trainer.merge(adapter_dir, run_dir / "merged"))
                     status = "completed"
-                except LlmcError as exc:
-                    status = "interrupted" if exc.exit_code == 130 else "failed"
-                    error = exc
-                    raise
                 except BaseException as exc:
                     error = exc
+                    status = "interrupted" if isinstance(exc, RunInterrupted) else "failed"
+                    if status == "failed" and isinstance(exc, Exception):
+                        try:
+                            saved = trainer.save_failure_state(exc)
+                        except Exception:  # the report matters more than this save
+                            saved = None
+                        bus.flush()  # the report reads the run's record up to this moment
+                        report = write_failure_report(run_dir, exc, saved)
+                        if not isinstance(exc, LlmcError):
+                            error = UnexpectedFailure(
+                                f"Training stopped on an error llmc has no recovery for: {type(exc).__name__}: {exc}. "
+                                f"State saved as {saved or 'no checkpoint'}.",
+                                hint=f"Read {report}, then continue with `llmc resume {run_dir}`; "
+                                "run with LLMC_DEBUG=1 to see the traceback.",
+                            )
+                        error.report = report
+                        if error is not exc:
+                            raise error from exc
                     raise
                 finally:
                     summary = _summary(status, run_dir, adapter_dir, facts, result, started, error)
+                    if report is not None:
+                        summary["failure_report"] = str(report)
                     write_json(run_dir / "summary.json", summary)
                     bus.emit(RunEnded(status, str(run_dir), str(adapter_dir) if adapter_dir else None, summary))
         finally:
@@ -200,6 +217,9 @@ def _summary(status, run_dir, adapter_dir, facts, result, started, error) -> dic
             best_eval_loss=result.best_eval_loss,
             final_train_loss=result.final_train_loss,
             checkpoint_time_s=round(result.checkpoint_time_s, 3),
+            stopped_early=result.stopped_early,
+            restored_best_step=result.restored_best_step,
+            recovery=result.recovery,
         )
     if error is not None:
         summary["error"] = str(error) or type(error).__name__

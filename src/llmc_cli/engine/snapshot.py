@@ -8,6 +8,7 @@ also records a fingerprint of the training rows, so a resume on changed data is 
 
 from __future__ import annotations
 
+import copy
 import platform
 import time
 from dataclasses import dataclass
@@ -91,3 +92,50 @@ def restore_snapshot(directory: Path, *, model, optimizer, scheduler, data_finge
     files.load_scheduler(scheduler, directory)
     state = TrainerState.from_json(files.read_json(directory / files.TRAINER_STATE))
     return Resume(directory, state, files.load_rng(directory))
+
+
+@dataclass
+class MemorySnapshot:
+    """The trainable state at the start of a session, kept in host memory for rollbacks.
+
+    Only the adapter is trainable, so this is small: the LoRA weights, the optimizer's
+    moments, the scheduler, the loop's state and the RNG the next epoch iterator starts from.
+    """
+
+    params: list[torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    state: dict[str, Any]
+    rng: dict[str, Any]
+
+    @classmethod
+    def capture(cls, params, optimizer, scheduler, state: TrainerState, rng: dict[str, Any]) -> MemorySnapshot:
+        return cls(
+            params=[p.detach().to("cpu", copy=True) for p in params],
+            optimizer=copy.deepcopy(_cpu(optimizer.state_dict())),
+            scheduler=copy.deepcopy(scheduler.state_dict()),
+            state=state.to_json(),
+            rng=copy.deepcopy(rng),
+        )
+
+    @property
+    def step(self) -> int:
+        return int(self.state["position"]["step"])
+
+    def restore(self, params, optimizer, scheduler) -> Resume:
+        with torch.no_grad():
+            for param, saved in zip(params, self.params, strict=True):
+                param.copy_(saved)
+        optimizer.load_state_dict(copy.deepcopy(self.optimizer))
+        scheduler.load_state_dict(copy.deepcopy(self.scheduler))
+        return Resume(Path("<start of this session>"), TrainerState.from_json(copy.deepcopy(self.state)), self.rng)
+
+
+def _cpu(value: Any) -> Any:
+    if torch.is_tensor(value):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_cpu(v) for v in value)
+    return value

@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from llmc_cli.engine.events import (
+    Adjustment,
     CheckpointSaved,
     EvalEnded,
     Event,
@@ -31,7 +32,7 @@ from llmc_cli.engine.events import (
     SystemSampled,
     TrainingWarning,
 )
-from llmc_cli.monitor.progress import _duration, describe_start, describe_warning
+from llmc_cli.monitor.progress import _duration, describe_note, describe_start, describe_warning
 
 SPARK = "▁▂▃▄▅▆▇█"
 REFRESH_PER_S = 2  # a frame costs ~6 ms of CPU; twice a second is plenty for training curves
@@ -93,7 +94,7 @@ class Dashboard:
             s.system = event
         elif isinstance(event, CheckpointSaved):
             s.checkpoint = event
-        elif isinstance(event, TrainingWarning):
+        elif isinstance(event, TrainingWarning | Adjustment):
             s.warnings.append(event)
         elif isinstance(event, RunResumed):
             s.resumed_from = event.step
@@ -168,5 +169,8 @@ class Dashboard:
         else:
             lines.append(Text("last checkpoint: none yet", style="dim"))
         for warning in list(s.warnings):  # a snapshot: events arrive on another thread
-            lines.append(Text(f"warning: {describe_warning(warning)}", style="yellow"))
+            if isinstance(warning, Adjustment):
+                lines.append(Text(f"recovery: {describe_note(warning)}", style="cyan"))
+            else:
+                lines.append(Text(f"warning: {describe_warning(warning)}", style="yellow"))
         return Panel(Group(*lines), title="checkpoints and warnings")

@@ -9,9 +9,11 @@ from __future__ import annotations
 from rich.console import Console
 
 from llmc_cli.engine.events import (
+    Adjustment,
     CheckpointSaved,
     EvalEnded,
     Event,
+    RolledBack,
     RunResumed,
     RunStarted,
     StepEnded,
@@ -50,6 +52,10 @@ def describe_note(event: Event) -> str | None:
         )
     if isinstance(event, RunResumed):
         return f"resumed from {event.checkpoint} at step {event.step}"
+    if isinstance(event, Adjustment):
+        return f"{event.cause}: {event.message}"
+    if isinstance(event, RolledBack):
+        return f"rolled back from step {event.from_step} to step {event.step} ({event.source})"
     return None
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llmc_cli.engine.events import EvalEnded, Event, RunResumed, StepEnded
+from llmc_cli.engine.events import EvalEnded, Event, RolledBack, RunResumed, StepEnded
 
-METRIC_KINDS = {StepEnded: "train", EvalEnded: "eval", RunResumed: "resume"}
+# A rollback voids the steps after it exactly as a resume does.
+METRIC_KINDS = {StepEnded: "train", EvalEnded: "eval", RunResumed: "resume", RolledBack: "resume"}
 
 
 class JsonlRecorder:

@@ -1,0 +1,130 @@
+"""The failure report a failed run leaves: ``failure.json`` and the same as text, ``failure.txt``.
+
+It says what went wrong (the classified cause and the error), where the run stood (the
+last train and eval metrics), what llmc already tried (the run's adjustments), where to
+continue from (the newest checkpoint that verifies) and what to change by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from llmc_cli.checkpoints import catalog
+from llmc_cli.checkpoints.manifest import verify
+from llmc_cli.engine.recovery import classify
+from llmc_cli.errors import LlmcError
+from llmc_cli.monitor.records import by_step
+
+SUGGESTIONS: dict[str, list[str]] = {
+    "oom-gpu": [
+        "Lower --max-length (activation memory grows with it).",
+        "Load the base model in 4 bits: --quantize 4bit (QLoRA).",
+        "Use a smaller model, or free GPU memory held by other processes (nvidia-smi).",
+    ],
+    "oom-cpu": [
+        "Lower --max-length or --batch-size.",
+        "Close other programs, or raise the memory limit (ulimit -v / container limits).",
+        "Use a smaller model.",
+    ],
+    "divergence": [
+        "Lower the learning rate 3-10x (--lr).",
+        "Keep --max-grad-norm at 1.0 or below, with adaptive clipping on.",
+        "On GPUs without bf16, fp16 overflows more easily: try --precision fp32.",
+        "Look at the data around the failing step for broken or extreme examples.",
+    ],
+    "checkpoint": [
+        "Check the run's checkpoints: llmc checkpoints verify RUN.",
+        "Continue from an older one: llmc resume RUN --from step-N.",
+        "Free disk space if saving failed.",
+    ],
+    "data": ["Check the data file: llmc validates it before training and names the bad line."],
+    "config": ["Fix the setting named in the message; llmc presets show lists the keys."],
+    "model": ["Check the model path or hub id, and that the hub is reachable for downloads."],
+    "other": [
+        "Continue from the saved state: llmc resume RUN.",
+        "If it happens again, run with LLMC_DEBUG=1 and report the traceback in failure.txt.",
+    ],
+}
+
+
+def write_failure_report(run_dir: Path, error: BaseException, checkpoint: Path | None = None) -> Path:
+    """Write ``failure.json`` and ``failure.txt`` into ``run_dir``; returns the text report's path."""
+    cause = classify(error)
+    train, evals = by_step(run_dir, "train"), by_step(run_dir, "eval")
+    resume_from = checkpoint if checkpoint is not None and verify(checkpoint).ok else _newest_valid(run_dir)
+    resume = f"llmc resume {run_dir}" + (f" --from {resume_from.name}" if resume_from else "")
+    report: dict[str, Any] = {
+        "status": "failed",
+        "cause": cause,
+        "error": type(error).__name__,
+        "message": getattr(error, "message", str(error)),
+        "fix": getattr(error, "hint", None),
+        "exit_code": error.exit_code if isinstance(error, LlmcError) else 9,
+        "time": time.time(),
+        "last_step": max(train) if train else 0,
+        "last_train": _metrics(train[max(train)]) if train else None,
+        "last_eval": _metrics(evals[max(evals)]) if evals else None,
+        "actions": _adjustments(run_dir),
+        "checkpoint": str(resume_from) if resume_from else None,
+        "resume": resume if resume_from else None,
+        "suggestions": [line.replace("RUN", str(run_dir)) for line in SUGGESTIONS.get(cause, SUGGESTIONS["other"])],
+    }
+    if not isinstance(error, LlmcError):
+        report["traceback"] = "".join(traceback.format_exception(error))
+    (run_dir / "failure.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    text = run_dir / "failure.txt"
+    text.write_text(render(report), encoding="utf-8")
+    return text
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [
+        f"llmc run failed: {report['cause']} ({report['error']}, exit code {report['exit_code']})",
+        "",
+        report["message"],
+    ]
+    if report.get("fix"):
+        lines += ["", f"Fix: {report['fix']}"]
+    lines += ["", f"Last step: {report['last_step']}"]
+    for label, key in (("Last train metrics", "last_train"), ("Last eval metrics", "last_eval")):
+        if report.get(key):
+            lines.append(f"{label}: " + ", ".join(f"{k} {v:.6g}" for k, v in report[key].items()))
+    lines += ["", "What llmc tried:"]
+    lines += [f"  step {a['step']}: {a['message']}" for a in report["actions"]] or ["  nothing (no recovery applies)"]
+    lines += ["", "State to continue from: " + (report["checkpoint"] or "none (no valid checkpoint)")]
+    if report.get("resume"):
+        lines.append(f"  {report['resume']}")
+    lines += ["", "Suggested fixes:"] + [f"  - {s}" for s in report["suggestions"]]
+    if report.get("traceback"):
+        lines += ["", "Traceback:", report["traceback"].rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+def _metrics(record: dict[str, Any]) -> dict[str, float]:
+    keys = ("loss", "lr", "grad_norm", "clip_threshold", "tokens_per_s", "eval_loss", "perplexity")
+    return {k: record[k] for k in keys if isinstance(record.get(k), int | float)}
+
+
+def _adjustments(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "events.jsonl"
+    found = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("event") == "Adjustment":
+                found.append({k: record.get(k) for k in ("step", "cause", "action", "message", "settings")})
+    return found
+
+
+def _newest_valid(run_dir: Path) -> Path | None:
+    for entry in reversed(catalog.entries(run_dir)):
+        if entry.complete and verify(entry.path).ok:
+            return entry.path
+    return None

@@ -1,0 +1,283 @@
+"""Recovery policies: classify a failure, decide what to do, within bounded budgets.
+
+The loop asks; this module answers and reports every action as an :class:`Adjustment`:
+
+- out of memory (GPU or CPU): halve the micro-batch and double the accumulation, so the
+  effective batch and the order of the data stay the same; once the micro-batch is one
+  sequence, turn on gradient checkpointing; then give up (:class:`OutOfMemory`). An eval
+  OOM halves only the eval batch.
+- divergence: a non-finite loss skips the step (weights untouched); ``nan_tolerance`` in a
+  row, or a loss spike, roll back to the last good state with half the learning rate; a
+  spike that comes back at the same step after a rollback skips that batch; past
+  ``max_rollbacks``, :class:`DivergenceError`.
+- a batch that cannot be read: skipped, up to ``max_skipped_batches``.
+
+Its state (micro-batch split, gradient checkpointing, LR scale, budgets used, actions) is
+saved in checkpoints, so a resumed run keeps what recovery learned.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from llmc_cli.engine.events import Adjustment, EventBus
+from llmc_cli.errors import CheckpointError, ConfigError, DataError, DivergenceError, LlmcError, ModelError, OutOfMemory
+from llmc_cli.faults import InjectedDataError
+
+ROLLBACK_LR_FACTOR = 0.5
+
+
+def classify(exc: BaseException) -> str:
+    """``oom-gpu``, ``oom-cpu``, ``divergence``, ``checkpoint``, ``data``, ``config``, ``model`` or ``other``."""
+    if isinstance(exc, OutOfMemory):
+        return getattr(exc, "kind", "oom-gpu")
+    if isinstance(exc, torch.OutOfMemoryError):
+        return "oom-gpu"
+    if isinstance(exc, MemoryError):
+        return "oom-cpu"
+    if isinstance(exc, RuntimeError):
+        text = str(exc)
+        if "DefaultCPUAllocator" in text or "can't allocate memory" in text:
+            return "oom-cpu"
+        if "out of memory" in text.lower():
+            return "oom-gpu"
+    if isinstance(exc, DivergenceError):
+        return "divergence"
+    if isinstance(exc, CheckpointError):
+        return "checkpoint"
+    if isinstance(exc, DataError | InjectedDataError):
+        return "data"
+    if isinstance(exc, ConfigError):
+        return "config"
+    if isinstance(exc, ModelError):
+        return "model"
+    return "other"
+
+
+@dataclass(frozen=True)
+class Budget:
+    enabled: bool = True
+    max_oom_retries: int = 4
+    max_rollbacks: int = 3
+    nan_tolerance: int = 3
+    max_skipped_batches: int = 10
+
+
+@dataclass
+class RecoveryState:
+    """What recovery changed and spent; survives rollbacks and resumes."""
+
+    split: int = 1  # each loader batch runs as this many micro-batches
+    eval_split: int = 1
+    gradient_checkpointing: bool = False  # turned on by recovery
+    lr_scale: float = 1.0  # product of the rollback reductions
+    oom_retries: int = 0
+    rollbacks: int = 0
+    consecutive_bad: int = 0
+    skipped_steps: list[int] = field(default_factory=list)
+    spike_steps: list[int] = field(default_factory=list)  # spikes that caused a rollback
+    actions: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> RecoveryState:
+        known = {k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    split: int
+    gradient_checkpointing: bool
+
+
+class Recovery:
+    """Decides, counts and reports; the loop carries the decisions out."""
+
+    def __init__(self, budget: Budget, bus: EventBus, batch_size: int, grad_accum: int) -> None:
+        self.budget = budget
+        self.bus = bus
+        self.batch_size = batch_size
+        self.grad_accum = grad_accum
+        self.state = RecoveryState()
+
+    # ------------------------------------------------------------ settings
+    def settings(self, gradient_checkpointing: bool) -> dict[str, Any]:
+        split = self.state.split
+        return {
+            "micro_batch": -(-self.batch_size // split),
+            "grad_accum": self.grad_accum * split,
+            "effective_batch": self.batch_size * self.grad_accum,
+            "gradient_checkpointing": gradient_checkpointing,
+            "lr_scale": self.state.lr_scale,
+        }
+
+    def _act(self, step: int, cause: str, action: str, message: str, settings: dict[str, Any]) -> None:
+        record = {"step": step, "cause": cause, "action": action, "message": message}
+        self.state.actions.append(record)
+        self.bus.emit(Adjustment(step=step, cause=cause, action=action, message=message, settings=settings))
+
+    # --------------------------------------------------------- out of memory
+    def on_oom(self, step: int, kind: str, error: str, rows: int, checkpointing: bool, evaluating: bool) -> MemoryPlan:
+        """A bigger split and/or gradient checkpointing to retry with; raises OutOfMemory past the budget."""
+        where = "evaluation" if evaluating else "training step"
+        s = self.state
+        current = s.eval_split if evaluating else s.split
+        can_split = -(-rows // current) > 1
+        if (
+            not self.budget.enabled
+            or s.oom_retries >= self.budget.max_oom_retries
+            or (not can_split and (checkpointing or evaluating))
+        ):
+            raise _out_of_memory(kind, step, where, error, self.settings(checkpointing), self.budget.enabled)
+        s.oom_retries += 1
+        free_memory()
+        if evaluating:
+            s.eval_split *= 2
+            self._act(
+                step,
+                kind,
+                "halved-eval-batch",
+                f"Out of memory in evaluation: eval micro-batch "
+                f"{-(-rows // s.eval_split)} from now on (training batch unchanged).",
+                self.settings(checkpointing),
+            )
+            return MemoryPlan(s.eval_split, checkpointing)
+        if can_split:
+            s.split *= 2
+            action, message = "halved-micro-batch", "halved the micro-batch and doubled accumulation"
+        else:
+            s.gradient_checkpointing = checkpointing = True
+            action, message = "gradient-checkpointing", "turned on gradient checkpointing"
+        settings = self.settings(checkpointing)
+        self._act(
+            step,
+            kind,
+            action,
+            f"Out of memory at step {step} ({'GPU' if kind == 'oom-gpu' else 'CPU'}): {message}; micro-batch "
+            f"{settings['micro_batch']} x accumulation {settings['grad_accum']}, effective batch unchanged. "
+            "Retrying the step.",
+            settings,
+        )
+        return MemoryPlan(s.split, checkpointing)
+
+    # ------------------------------------------------------------ divergence
+    def on_bad_step(self, step: int, verdict: str, loss: float, checkpointing: bool) -> str:
+        """``"skip"`` or ``"rollback"`` for a step whose loss is non-finite or a spike."""
+        s = self.state
+        if not self.budget.enabled:
+            raise _diverged(step, verdict, loss, "automatic recovery is off (auto_recovery=false)")
+        s.consecutive_bad += 1
+        repeat = verdict == "spike" and step in s.spike_steps
+        if (verdict == "non-finite" and s.consecutive_bad < self.budget.nan_tolerance) or repeat:
+            if len(s.skipped_steps) >= self.budget.max_skipped_batches:
+                raise _diverged(step, verdict, loss, f"{len(s.skipped_steps)} batches were skipped already")
+            s.skipped_steps.append(step)
+            why = "the spike came back after a rollback" if repeat else f"{s.consecutive_bad} in a row"
+            self._act(
+                step,
+                verdict,
+                "skipped-batch",
+                f"Loss {loss:.4g} at step {step}: skipped that batch ({why}); weights unchanged.",
+                self.settings(checkpointing),
+            )
+            return "skip"
+        if s.rollbacks >= self.budget.max_rollbacks:
+            raise _diverged(step, verdict, loss, f"{s.rollbacks} rollbacks did not help")
+        s.rollbacks += 1
+        s.consecutive_bad = 0
+        s.lr_scale *= ROLLBACK_LR_FACTOR
+        if verdict == "spike":
+            s.spike_steps.append(step)
+        return "rollback"
+
+    def rolled_back(
+        self, step: int, verdict: str, loss: float, target_step: int, source: str, checkpointing: bool
+    ) -> None:
+        self._act(
+            step,
+            verdict,
+            "rolled-back",
+            f"Loss {loss:.4g} at step {step} ({verdict}): rolled back to step {target_step} ({source}) with the "
+            f"learning rate x{self.state.lr_scale:g} (rollback {self.state.rollbacks} of {self.budget.max_rollbacks}).",
+            self.settings(checkpointing),
+        )
+
+    def act_checkpoint(self, step: int, refusal: str) -> None:
+        self._act(step, "checkpoint", "refused-checkpoint", f"Refused checkpoint {refusal}; using an older state.", {})
+
+    def on_good_step(self) -> None:
+        self.state.consecutive_bad = 0
+
+    # ------------------------------------------------------------------ data
+    def on_data_error(self, step: int, error: str, checkpointing: bool) -> None:
+        s = self.state
+        if not self.budget.enabled or len(s.skipped_steps) >= self.budget.max_skipped_batches:
+            raise DataError(
+                f"The batch of step {step} cannot be used: {error}",
+                hint="Check the data file (llmc validates it before training); "
+                f"{len(s.skipped_steps)} batches were skipped already.",
+            )
+        s.skipped_steps.append(step)
+        self._act(
+            step,
+            "data",
+            "skipped-batch",
+            f"The batch of step {step} could not be read ({error}); skipped it.",
+            self.settings(checkpointing),
+        )
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+    """Cut a collated batch into up to ``parts`` micro-batches of whole rows.
+
+    The token and example counts (plain ints) go with the first part, so sums over the
+    window stay the same.
+    """
+    rows = batch["input_ids"].shape[0]
+    if parts <= 1 or rows <= 1:
+        return [batch]
+    size = -(-rows // parts)
+    pieces = []
+    for start in range(0, rows, size):
+        piece = {
+            k: v[start : start + size] if torch.is_tensor(v) else (v if start == 0 else 0) for k, v in batch.items()
+        }
+        pieces.append(piece)
+    return pieces
+
+
+def _out_of_memory(kind: str, step: int, where: str, error: str, settings: dict[str, Any], enabled: bool):
+    device = "GPU" if kind == "oom-gpu" else "CPU"
+    tried = (
+        f"at micro-batch {settings['micro_batch']} with gradient checkpointing "
+        f"{'on' if settings['gradient_checkpointing'] else 'off'}"
+        if enabled
+        else "automatic recovery is off (auto_recovery=false)"
+    )
+    exc = OutOfMemory(
+        f"Out of {device} memory in the {where} at step {step}, {tried}: {error}",
+        hint="Lower --max-length, use --quantize 4bit, pick a smaller model, or free memory used by other processes.",
+    )
+    exc.kind = kind
+    return exc
+
+
+def _diverged(step: int, verdict: str, loss: float, why: str) -> LlmcError:
+    return DivergenceError(
+        f"The training loss diverged at step {step} ({verdict}, loss {loss:.4g}) and recovery gave up: {why}.",
+        hint="Lower the learning rate (--lr, e.g. 3-10x), keep --max-grad-norm at 1.0 or below, "
+        "then `llmc train` again; the last good checkpoint is kept in the run.",
+    )
