@@ -40,28 +40,24 @@ def test_train_gsm8k_done_when(llmc, tmp_path, tiny_model_dir, gsm8k_train):
     assert "step     30/30" in result.stdout and "\x1b[" not in result.stdout
 
 
-def test_merge_writes_full_weights(llmc, tmp_path, tiny_model_dir, gsm8k_train):
+def test_failure_reports_then_resume_completes_and_merges(llmc, tmp_path, tiny_model_dir, gsm8k_train):
+    """An error with no recovery: exit 9, a report and a checkpoint; `llmc resume` finishes (and merges)."""
     from transformers import AutoModelForCausalLM
 
-    result = llmc(
-        "train",
-        "--data",
-        gsm8k_train,
-        "--model",
-        tiny_model_dir,
-        "--max-steps",
-        "2",
-        "--limit",
-        "40",
-        "--max-length",
-        "256",
-        "--merge",
-        "--run-name",
-        "merged-run",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
-    AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / "merged-run" / "merged")
+    args = ["train", "--data", gsm8k_train, "--model", tiny_model_dir, "--max-steps", "4", "--limit", "40",
+            "--max-length", "256", "--checkpoint-interval", "2", "--merge", "--run-name", "merged-run"]  # fmt: skip
+    failed = llmc(*args, cwd=tmp_path, env={"LLMC_FAULTS": "error@step=3"})
+    assert failed.returncode == 9 and "Traceback" not in failed.stderr, failed.stderr
+    stderr = " ".join(failed.stderr.split())
+    assert "Training failed: Training stopped on an error llmc has no recovery for: InjectedError" in stderr
+    run_dir = tmp_path / "runs" / "merged-run"
+    assert f"Failure report: {run_dir.relative_to(tmp_path)}/failure.txt" in stderr
+    report = (run_dir / "failure.txt").read_text()
+    assert "State to continue from: runs/merged-run/checkpoints/step-000002" in report and "Traceback" in report
+
+    resumed = llmc("resume", "merged-run", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    AutoModelForCausalLM.from_pretrained(run_dir / "merged")
     again = llmc("train", "--data", gsm8k_train, "--model", tiny_model_dir, "--run-name", "merged-run", cwd=tmp_path)
     assert again.returncode == 2 and "already exists; llmc never overwrites a run" in again.stderr
 

@@ -40,7 +40,7 @@ from llmc_cli.engine.loss import TokenLoss, model_inputs, target_count
 from llmc_cli.engine.plan import RunPlan
 from llmc_cli.engine.recovery import Budget, Recovery, RecoveryState, classify, split_batch
 from llmc_cli.engine.snapshot import MemorySnapshot, Resume, restore_snapshot, write_snapshot
-from llmc_cli.engine.stability import Controls, scale_lr
+from llmc_cli.engine.stability import Controls, StabilityAdvice, scale_lr
 from llmc_cli.errors import DataError, DivergenceError, LlmcError, RunInterrupted
 from llmc_cli.models.loading import BILLION, add_lora, load_base_model, load_tokenizer, parameter_count
 from llmc_cli.optimize.allocator import keep_freed_memory
@@ -189,6 +189,8 @@ class Trainer:
         )
         run = cfg.run
         self.controls = Controls.from_config(cfg)
+        self.advice = StabilityAdvice()
+        self.bus.subscribe(self.advice)
         budget = Budget(
             run.auto_recovery, run.max_oom_retries, run.max_rollbacks, run.nan_tolerance, run.max_skipped_batches
         )
@@ -337,6 +339,7 @@ class Trainer:
                 pos.tokens += self.interval.tokens
                 self.interval = _Interval()
             pos.train_time_s += time.perf_counter() - tick
+            self._follow_advice(pos.step)
             if pos.step % self.eval_every == 0 and not last:
                 self._evaluate_and_record(pos.step)
                 if self.controls.early.enabled and self.controls.early.best_step == pos.step:
@@ -349,6 +352,26 @@ class Trainer:
         pos.epoch += 1
         pos.batches_in_epoch = 0
         self._checkpoint("epoch")
+
+    def _follow_advice(self, step: int) -> None:
+        """Lower the LR when the monitors report oscillation or exploding gradients."""
+        warning = self.advice.take(step)
+        if warning is None:
+            return
+        factor = self.controls.plateau.reduce()
+        if factor == 1.0:
+            return
+        scale_lr(self.optimizer, self.scheduler, factor)
+        self.bus.emit(
+            Adjustment(
+                step=step,
+                cause="instability",
+                action="lowered-lr",
+                message=f"{warning.message} Learning rate x{factor:g} (now x{self.controls.plateau.scale:g} of "
+                "the schedule).",
+                settings={"lr": self.scheduler.get_last_lr()[0], "plateau_scale": self.controls.plateau.scale},
+            )
+        )
 
     def _roll_back(self, rollback: _Rollback) -> None:
         """Go back to the newest good state before the failing step, with the lowered learning rate."""

@@ -15,6 +15,7 @@ checkpoints carry them and a resumed or rolled-back run decides exactly as befor
 from __future__ import annotations
 
 import math
+import queue
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
@@ -113,11 +114,19 @@ class PlateauLR:
             self.cooling -= 1
             return 1.0
         self.bad_evals += 1
-        if not self.enabled or self.bad_evals < self.patience or self.scale <= self.floor:
+        if self.bad_evals < self.patience:
+            return 1.0
+        applied = self.reduce()
+        if applied != 1.0:
+            self.bad_evals, self.cooling = 0, self.cooldown
+        return applied
+
+    def reduce(self) -> float:
+        """Lower the scale by ``factor`` now (never below the floor); the factor applied."""
+        if not self.enabled or self.scale <= self.floor:
             return 1.0
         new_scale = max(self.floor, self.scale * self.factor)
-        applied = new_scale / self.scale
-        self.scale, self.bad_evals, self.cooling = new_scale, 0, self.cooldown
+        applied, self.scale = new_scale / self.scale, new_scale
         return applied
 
     def state_dict(self) -> dict[str, Any]:
@@ -160,6 +169,35 @@ class EarlyStopping:
         self.best = _none_to_inf(state.get("best"))
         self.best_step = state.get("best_step")
         self.bad_evals = int(state.get("bad_evals", 0))
+
+
+class StabilityAdvice:
+    """Listens to the monitors' warnings and tells the loop when they call for a lower LR.
+
+    The issue detectors run on the event thread; ``__call__`` only queues what they found and
+    the loop takes it at a step boundary, at most once per ``cooldown`` steps.
+    """
+
+    CODES = ("lr_too_high", "exploding_gradients")
+
+    def __init__(self, cooldown: int = 50) -> None:
+        self.cooldown = cooldown
+        self._found: queue.SimpleQueue = queue.SimpleQueue()
+        self._last_step: int | None = None
+
+    def __call__(self, event: Any) -> None:
+        if getattr(event, "code", None) in self.CODES:
+            self._found.put(event)
+
+    def take(self, step: int) -> Any | None:
+        """The warning to act on now, if any."""
+        latest = None
+        while not self._found.empty():
+            latest = self._found.get_nowait()
+        if latest is None or (self._last_step is not None and step - self._last_step < self.cooldown):
+            return None
+        self._last_step = step
+        return latest
 
 
 def scale_lr(optimizer, scheduler, factor: float) -> None:
