@@ -156,13 +156,41 @@ def outcome(run_dir: Path) -> dict:
     return {"end": "neither", "status": summary.get("status")}
 
 
+def events(run_dir: Path) -> list[dict]:
+    path = run_dir / "events.jsonl"
+    found = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            found.append(json.loads(line))
+        except ValueError:
+            continue
+    return found
+
+
+def evidence(kind: str, run_dir: Path, first_exit: int) -> str | None:
+    """What shows the fault happened and was handled (None: no sign of it)."""
+    seen = events(run_dir)
+    actions = [f"{e['cause']}:{e['action']}@{e['step']}" for e in seen if e.get("event") == "Adjustment"]
+    if kind == "enospc":
+        warned = [e for e in seen if e.get("event") == "TrainingWarning" and "could not be written" in e["message"]]
+        return "save failed, warned, went on" if warned else None
+    if kind == "error":
+        return "exit 9 + failure report" if first_exit == 9 and (run_dir / "failure.json").is_file() else None
+    if kind == "corrupt":
+        refused = [s for e in seen if e.get("event") == "RunResumed" for s in e["skipped"]]
+        return f"refused {refused[0]}" if refused else None
+    if kind in ("sigkill", "lr10"):
+        return ", ".join(actions) or "-"
+    return ", ".join(actions) or None
+
+
 def trial(index: int, kind: str, rng: random.Random, model: Path, data: Path, root: Path) -> dict:
     name = f"t{index:03d}-{kind}"
     seed = rng.randint(0, 10_000)
     record: dict = {"trial": index, "kind": kind, "seed": seed}
     started = time.perf_counter()
     if kind in ("sigkill", "corrupt"):
-        at = rng.randint(1, STEPS - 1)
+        at = rng.randint(4 if kind == "corrupt" else 1, STEPS - 1)  # corrupt: after the first checkpoint (step 3)
         code, _, err = run(train_args(data, model, name, seed), root, kill_at_step=at)
         record["fault"] = f"SIGKILL at step {at}"
         if kind == "corrupt":
@@ -190,8 +218,11 @@ def trial(index: int, kind: str, rng: random.Random, model: Path, data: Path, ro
         code, _, err = run(train_args(data, model, name + "-again", seed), root)
         run_dir = root / "runs" / (name + "-again")
     record.update(resumes=resumes, final_exit=code, **outcome(run_dir), seconds=round(time.perf_counter() - started, 1))
+    record["evidence"] = evidence(kind, run_dir, record["exit"])
     needed_resume = resumes > 0 or record.get("restarted", False)
-    record["recovered"] = record["end"] == "completed" and (kind in ENDS_PROCESS or not needed_resume)
+    record["recovered"] = (
+        record["end"] == "completed" and (kind in ENDS_PROCESS or not needed_resume) and record["evidence"] is not None
+    )
     record["never_neither"] = first["end"] != "neither" or kind in ("sigkill", "corrupt")
     return record
 
@@ -215,7 +246,8 @@ def main() -> None:
             records.append(record)
             print(
                 f"[{index + 1:>3}/{args.trials}] {kind:<13} {record['fault']:<52} exit {record['exit']:>4} -> "
-                f"{record['end']:<9} resumes {record['resumes']} {'ok' if record['recovered'] else 'NOT RECOVERED'}",
+                f"{record['end']:<9} resumes {record['resumes']} {'ok' if record['recovered'] else 'NOT RECOVERED'}  "
+                f"[{record['evidence']}]",
                 flush=True,
             )
 
