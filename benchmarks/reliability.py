@@ -11,8 +11,8 @@ shared Llama-2 tokenizer where ../shared has it) with one fault at a random step
     batch spikes again after the rollback), data (unreadable batch), error (no recovery
     exists: must save state, report and exit 9), enospc (disk full during a save)
   from outside the process:
-    sigkill (kill -9 at a random moment), corrupt (kill -9, then flip a byte, truncate or
-    delete a file of the newest checkpoint), lr10 (--lr 10)
+    sigkill (kill -9 at a random step), corrupt (kill -9 after the second checkpoint, then
+    flip a byte, truncate or delete a file of the newest checkpoint), lr10 (--lr 10)
 
 A run that exits non-zero is continued with `llmc resume` (without the fault) when it left
 a checkpoint, as a user would. A trial *recovers* when it ends with a completed, finite
@@ -190,7 +190,8 @@ def trial(index: int, kind: str, rng: random.Random, model: Path, data: Path, ro
     record: dict = {"trial": index, "kind": kind, "seed": seed}
     started = time.perf_counter()
     if kind in ("sigkill", "corrupt"):
-        at = rng.randint(4 if kind == "corrupt" else 1, STEPS - 1)  # corrupt: after the first checkpoint (step 3)
+        # corrupt: after the second checkpoint (step 6), so an older valid one exists to fall back to
+        at = rng.randint(7 if kind == "corrupt" else 1, STEPS - 1)
         code, _, err = run(train_args(data, model, name, seed), root, kill_at_step=at)
         record["fault"] = f"SIGKILL at step {at}"
         if kind == "corrupt":
@@ -232,10 +233,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=56)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated subset of: " + ", ".join(KINDS))
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
-    kinds = [KINDS[i % len(KINDS)] for i in range(args.trials)]
+    chosen = [k for k in args.kinds.split(",") if k in KINDS]
+    kinds = [chosen[i % len(chosen)] for i in range(args.trials)]
     rng.shuffle(kinds)
     records = []
     with tempfile.TemporaryDirectory(prefix="llmc-reliability-") as tmp:
