@@ -134,18 +134,36 @@ def checkpoint_by_spec(run_dir: Path, which: str) -> Path:
 
 def newest_valid(run_dir: Path, start: Path) -> tuple[Path, list[Verification]]:
     """``start`` if it verifies, else the newest older checkpoint that does; with the failures seen."""
-    failures: list[Verification] = []
-    order = [start] + [e.path for e in reversed(entries(run_dir)) if e.path != start and _step(e.path) < _step(start)]
-    for path in order:
-        result = verify(path)
-        if result.ok:
-            return path, failures
-        failures.append(result)
+    start_step = _step(start)
+    older = [e.path for e in reversed(entries(run_dir)) if e.path != start and _step(e.path) < start_step]
+    chosen, failures = first_valid([start, *older])
+    if chosen is not None:
+        return chosen, failures
     reasons = "; ".join(f"{f.path.name}: {f.reason()}" for f in failures)
     raise CheckpointError(
         f"No checkpoint of {run_dir} at or before {start.name} passes verification ({reasons}).",
         hint="Start a new run with `llmc train`; llmc never restarts from scratch on its own.",
     )
+
+
+def valid_before(run_dir: Path, step: int | None = None, since: int = 0) -> tuple[Path | None, list[Verification]]:
+    """The newest complete checkpoint saved at ``since`` or later and before ``step`` that verifies.
+
+    None when there is none; with the verification failures seen on the way.
+    """
+    limit = step if step is not None else float("inf")
+    found = [e.path for e in reversed(entries(run_dir)) if e.complete and since <= e.step < limit]
+    return first_valid(found)
+
+
+def first_valid(paths: list[Path]) -> tuple[Path | None, list[Verification]]:
+    failures: list[Verification] = []
+    for path in paths:
+        result = verify(path)
+        if result.ok:
+            return path, failures
+        failures.append(result)
+    return None, failures
 
 
 def _step(path: Path) -> int:

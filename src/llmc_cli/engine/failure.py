@@ -55,7 +55,7 @@ def write_failure_report(run_dir: Path, error: BaseException, checkpoint: Path |
     """Write ``failure.json`` and ``failure.txt`` into ``run_dir``; returns the text report's path."""
     cause = classify(error)
     train, evals = by_step(run_dir, "train"), by_step(run_dir, "eval")
-    resume_from = checkpoint if checkpoint is not None and verify(checkpoint).ok else _newest_valid(run_dir)
+    resume_from = checkpoint if checkpoint is not None and verify(checkpoint).ok else catalog.valid_before(run_dir)[0]
     resume = f"llmc resume {run_dir}" + (f" --from {resume_from.name}" if resume_from else "")
     report: dict[str, Any] = {
         "status": "failed",
@@ -121,10 +121,3 @@ def _adjustments(run_dir: Path) -> list[dict[str, Any]]:
             if record.get("event") == "Adjustment":
                 found.append({k: record.get(k) for k in ("step", "cause", "action", "message", "settings")})
     return found
-
-
-def _newest_valid(run_dir: Path) -> Path | None:
-    for entry in reversed(catalog.entries(run_dir)):
-        if entry.complete and verify(entry.path).ok:
-            return entry.path
-    return None

@@ -358,18 +358,21 @@ class Trainer:
         warning = self.advice.take(step)
         if warning is None:
             return
-        factor = self.controls.plateau.reduce()
+        self._lower_lr(step, self.controls.plateau.reduce(), "instability", warning.message)
+
+    def _lower_lr(self, step: int, factor: float, cause: str, why: str) -> None:
+        """Apply a factor the adaptive-LR control chose (1.0: nothing to do) and report it."""
         if factor == 1.0:
             return
         scale_lr(self.optimizer, self.scheduler, factor)
+        scale = self.controls.plateau.scale
         self.bus.emit(
             Adjustment(
                 step=step,
-                cause="instability",
+                cause=cause,
                 action="lowered-lr",
-                message=f"{warning.message} Learning rate x{factor:g} (now x{self.controls.plateau.scale:g} of "
-                "the schedule).",
-                settings={"lr": self.scheduler.get_last_lr()[0], "plateau_scale": self.controls.plateau.scale},
+                message=f"{why} Learning rate x{factor:g} (now x{scale:g} of the schedule).",
+                settings={"lr": self.scheduler.get_last_lr()[0], "plateau_scale": scale},
             )
         )
 
@@ -386,25 +389,15 @@ class Trainer:
         self._adopt(resume.state, resume.rng)
         scale_lr(self.optimizer, self.scheduler, self.recovery.state.lr_scale / baked)
         to_step = resume.state.position.step
-        self.checkpoints.last_saved_step = to_step if target is not None else self.checkpoints.last_saved_step
         self.bus.emit(RolledBack(step=to_step, from_step=rollback.step, source=source))
         self.recovery.rolled_back(
             rollback.step, rollback.verdict, rollback.loss, to_step, source, self.gradient_checkpointing
         )
 
     def _rollback_target(self, step: int) -> tuple[Path | None, list[str]]:
-        """The newest verified checkpoint before ``step`` (None: the session's start is newer)."""
-        refused = []
-        for entry in reversed(catalog.entries(self.run_dir)):
-            if entry.step >= step or not entry.complete:
-                continue
-            if entry.step < self.origin.step:
-                break
-            result = verify(entry.path)
-            if result.ok:
-                return entry.path, refused
-            refused.append(f"{entry.path.name}: {result.reason()}")
-        return None, refused
+        """The newest verified checkpoint of this session before ``step`` (None: its start is newest)."""
+        target, failures = catalog.valid_before(self.run_dir, step, since=self.origin.step)
+        return target, [f"{f.path.name}: {f.reason()}" for f in failures]
 
     def _restore_best(self) -> None:
         """With early stopping, finish on the adapter of the best evaluation (kept as a checkpoint)."""
@@ -439,19 +432,8 @@ class Trainer:
             return None
         self.state.eval_history.append((step, loss))
         if observe and step > 0:
-            factor = self.controls.plateau.observe(loss)
-            if factor != 1.0:
-                scale_lr(self.optimizer, self.scheduler, factor)
-                self.bus.emit(
-                    Adjustment(
-                        step=step,
-                        cause="plateau",
-                        action="lowered-lr",
-                        message=f"Eval loss has not improved for {self.controls.plateau.patience} evaluations: "
-                        f"learning rate x{factor:g} (now x{self.controls.plateau.scale:g} of the schedule).",
-                        settings={"lr": self.scheduler.get_last_lr()[0], "plateau_scale": self.controls.plateau.scale},
-                    )
-                )
+            why = f"Eval loss has not improved for {self.controls.plateau.patience} evaluations."
+            self._lower_lr(step, self.controls.plateau.observe(loss), "plateau", why)
             if self.controls.early.observe(step, loss):
                 self.stopped_early = True
                 early = self.controls.early
