@@ -20,7 +20,7 @@ import time
 
 from rich.console import Console
 
-from llmc_cli.engine.events import CheckpointSaved, EvalEnded, RunStarted, StepEnded, SystemSampled
+from llmc_cli.events import CheckpointSaved, EvalEnded, RunStarted, StepEnded, SystemSampled
 from llmc_cli.monitor.dashboard import REFRESH_PER_S, Dashboard
 
 

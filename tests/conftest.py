@@ -109,6 +109,6 @@ def same_adapter():
 @pytest.fixture(scope="session")
 def step_losses():
     """``step_losses(run_dir)`` -> {step: train loss}, the later record winning after a resume."""
-    from llmc_cli.monitor.records import by_step
+    from llmc_cli.engine.record import by_step
 
     return lambda run_dir: {step: record["loss"] for step, record in by_step(run_dir).items()}

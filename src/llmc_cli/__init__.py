@@ -12,12 +12,12 @@ __version__ = "0.1.0"
 __all__ = ["FineTuner", "__version__"]
 
 if TYPE_CHECKING:
-    from llmc_cli.engine.finetuner import FineTuner
+    from llmc_cli.api import FineTuner
 
 
 def __getattr__(name: str) -> Any:
     if name == "FineTuner":
-        from llmc_cli.engine.finetuner import FineTuner
+        from llmc_cli.api import FineTuner
 
         return FineTuner
     raise AttributeError(f"module 'llmc_cli' has no attribute {name!r}")

@@ -44,6 +44,10 @@ class DataError(LlmcError):
     title = "Data error"
 
 
+class UnreadableBatch(DataError):
+    """A batch that cannot be used during training; automatic recovery skips it (bounded)."""
+
+
 class ModelError(LlmcError):
     """The model cannot be found, reached or loaded."""
 

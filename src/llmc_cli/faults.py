@@ -10,6 +10,7 @@ Training faults fire at the given optimizer step, once per process unless the ac
 - ``cpu-oom``  the CPU allocator's failure, as PyTorch raises it under a memory limit
 - ``nan``      the step's loss becomes NaN
 - ``spike``    the step's loss is multiplied by 10
+- ``grad-spike`` the step's gradients are multiplied by 100 before clipping (the loss is not)
 - ``data``     the step's batch cannot be read
 - ``error``    any other exception (a bug, a driver failure)
 - ``eval-oom`` out of memory in the evaluation at that step
@@ -18,8 +19,9 @@ Checkpoint faults fire when a save reaches a point, every time: ``checkpoint.wri
 ``checkpoint.before-rename``, ``checkpoint.after-rename``, ``checkpoint.during-delete``, with
 action ``kill`` (SIGKILL this process) or ``enospc`` (raise "No space left on device").
 
-Example: ``LLMC_FAULTS="oom@step=12,nan@step=30,checkpoint.write@4:enospc"``. Without the
-variable every call returns at once.
+Example: ``LLMC_FAULTS="oom@step=12,nan@step=30,checkpoint.write@4:enospc"``. The engine is
+given a :class:`Faults` object (``Faults.from_env()`` unless the caller passes one; ``NO_FAULTS``
+when nothing is configured) and calls it at those points; with no faults each call returns at once.
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ import re
 import signal
 from dataclasses import dataclass
 
+from llmc_cli.errors import ConfigError, UnreadableBatch
+
 ENV = "LLMC_FAULTS"
-TRAINING = ("oom", "cpu-oom", "nan", "spike", "data", "error", "eval-oom")
+TRAINING = ("oom", "cpu-oom", "nan", "spike", "grad-spike", "data", "error", "eval-oom")
 CHECKPOINT = ("checkpoint.write", "checkpoint.before-rename", "checkpoint.after-rename", "checkpoint.during-delete")
 SPIKE_FACTOR = 10.0
+GRAD_SPIKE_FACTOR = 100.0
 CPU_OOM_MESSAGE = (
     "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
     "you tried to allocate 268435456 bytes. Error code 12 (Cannot allocate memory) (injected)"
@@ -43,10 +48,6 @@ CPU_OOM_MESSAGE = (
 
 class InjectedError(RuntimeError):
     """The ``error`` fault: stands for any failure llmc has no specific recovery for."""
-
-
-class InjectedDataError(ValueError):
-    """The ``data`` fault: a batch that cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -78,34 +79,39 @@ def parse(spec: str) -> list[Fault]:
     return faults
 
 
-def _configured() -> list[Fault]:
-    spec = os.environ.get(ENV)
-    return parse(spec) if spec else []
+class Faults:
+    """The faults of one run; the engine calls these methods at fixed points and each does
+    nothing unless a fault is configured for that point and step.
 
-
-def hit(point: str, step: int | None = None) -> None:
-    """Fire the checkpoint fault configured for ``point`` (at ``step``), if any."""
-    for fault in _configured():
-        if not fault.matches(point, step):
-            continue
-        if fault.action == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        raise OSError(errno.ENOSPC, f"No space left on device (injected at {point})")
-
-
-class TrainingFaults:
-    """The training faults of this process; each ``once`` fault fires at most once per step."""
+    A ``once`` training fault fires at most once per step (a retried step then succeeds); an
+    ``every`` fault fires whenever its step runs. Checkpoint faults fire every time.
+    """
 
     def __init__(self, faults: list[Fault] | None = None) -> None:
-        self.faults = [f for f in (_configured() if faults is None else faults) if f.name in TRAINING]
+        self.faults = list(faults or [])
         self._fired: set[tuple[Fault, int]] = set()
 
-    def _fires(self, name: str, step: int) -> bool:
+    @classmethod
+    def from_env(cls) -> Faults:
+        """The faults in ``LLMC_FAULTS`` (none when it is unset or empty)."""
+        try:
+            return cls(parse(os.environ.get(ENV, "")))
+        except ValueError as exc:
+            raise ConfigError(str(exc), hint=f"Fix or unset {ENV}; its grammar is in llmc_cli/faults.py.") from None
+
+    def __bool__(self) -> bool:
+        return bool(self.faults)
+
+    def _fires(self, name: str, step: int | None) -> Fault | None:
         for fault in self.faults:
-            if fault.matches(name, step) and (fault.action == "every" or (fault, step) not in self._fired):
+            if not fault.matches(name, step):
+                continue
+            if name in CHECKPOINT or step is None:
+                return fault
+            if fault.action == "every" or (fault, step) not in self._fired:
                 self._fired.add((fault, step))
-                return True
-        return False
+                return fault
+        return None
 
     def in_step(self, step: int) -> None:
         """Raise the failure injected into ``step``'s forward/backward, if any."""
@@ -118,7 +124,7 @@ class TrainingFaults:
         if self._fires("cpu-oom", step):
             raise RuntimeError(CPU_OOM_MESSAGE)
         if self._fires("data", step):
-            raise InjectedDataError(f"Batch of step {step} cannot be read (injected)")
+            raise UnreadableBatch(f"Batch of step {step} cannot be read (injected)")
         if self._fires("error", step):
             raise InjectedError(f"Injected failure at step {step}")
 
@@ -130,8 +136,24 @@ class TrainingFaults:
             return math.nan
         return SPIKE_FACTOR if self._fires("spike", step) else 1.0
 
+    def gradient_factor(self, step: int) -> float:
+        """What the step's gradients are multiplied by before clipping (the loss is untouched)."""
+        return GRAD_SPIKE_FACTOR if self.faults and self._fires("grad-spike", step) else 1.0
+
     def in_eval(self, step: int) -> None:
         if self.faults and self._fires("eval-oom", step):
             import torch
 
             raise torch.OutOfMemoryError(f"CUDA out of memory during evaluation (injected at step {step})")
+
+    def at_checkpoint(self, point: str, step: int | None = None) -> None:
+        """Fire the checkpoint fault configured for ``point`` (at ``step``): SIGKILL or a full disk."""
+        fault = self._fires(point, step) if self.faults else None
+        if fault is None:
+            return
+        if fault.action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise OSError(errno.ENOSPC, f"No space left on device (injected at {point})")
+
+
+NO_FAULTS = Faults()

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from llmc_cli.monitor.records import by_step
+from llmc_cli.engine.record import by_step
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

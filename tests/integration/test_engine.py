@@ -6,9 +6,12 @@ import pytest
 import torch
 
 from llmc_cli import FineTuner
-from llmc_cli.engine.events import EvalEnded, EventBus, RunStarted, StepEnded
+from llmc_cli.engine.export import save_adapter
 from llmc_cli.engine.interrupt import StopRequest
-from llmc_cli.engine.loop import Trainer
+from llmc_cli.engine.loop import Loop
+from llmc_cli.engine.session import open_session
+from llmc_cli.events import EvalEnded, EventBus, RunStarted, StepEnded
+from llmc_cli.models.loading import DTYPES
 
 SAMPLE_OPTS = dict(preset="highspeed", max_length=256, batch_size=4, grad_accum=2, env_file=None)
 
@@ -78,21 +81,21 @@ def test_saved_adapter_reproduces_the_trained_models_logits(tmp_path, tiny_model
     )
     plan = tuner.plan()
     with EventBus() as bus:
-        trainer = Trainer(plan, tmp_path, bus, StopRequest())
-        trainer.setup()
-        trainer.fit()
-        adapter = trainer.save_adapter(tmp_path / "final")
-    ids = torch.tensor([trainer.rows.val[0].input_ids])
-    trained = trainer.accelerator.unwrap_model(trainer.model).eval()
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        session = open_session(plan, tmp_path, bus)
+        Loop(session, bus, StopRequest()).fit()
+        adapter = save_adapter(session, tmp_path / "final")
+    ids = torch.tensor([session.rows.val[0].input_ids])
+    trained = session.unwrapped().eval()
+    # The base as the session loaded it: bf16 where the CPU has native bf16 math, else fp32.
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=DTYPES[session.precision])
     reloaded = PeftModel.from_pretrained(base, adapter).eval()
-    with torch.no_grad():
-        expected = trained(input_ids=ids).logits
-        got = reloaded(input_ids=ids).logits
+    with torch.no_grad(), session.accelerator.autocast():  # the same mixed precision for both
+        expected = trained(input_ids=ids).logits.float()
+        got = reloaded(input_ids=ids).logits.float()
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     # The adapter changed the model (the comparison above is not trivially true).
-    with torch.no_grad(), reloaded.disable_adapter():
-        assert not torch.allclose(reloaded(input_ids=ids).logits, expected, atol=1e-3)
+    with torch.no_grad(), session.accelerator.autocast(), reloaded.disable_adapter():
+        assert not torch.allclose(reloaded(input_ids=ids).logits.float(), expected, atol=1e-3)
 
 
 def test_stop_request_saves_a_checkpoint_and_reports(tmp_path, tiny_model_dir, gsm8k_train):
@@ -107,10 +110,9 @@ def test_stop_request_saves_a_checkpoint_and_reports(tmp_path, tiny_model_dir, g
     tuner = FineTuner(gsm8k_train, model=str(tiny_model_dir), max_steps=50, limit=80, **SAMPLE_OPTS)
     with EventBus() as bus:
         bus.subscribe(stop_after_first_step)
-        trainer = Trainer(tuner.plan(), tmp_path, bus, stop)
-        trainer.setup()
+        loop = Loop(open_session(tuner.plan(), tmp_path, bus), bus, stop)
         with pytest.raises(RunInterrupted, match="stopped by SIGTERM"):
-            trainer.fit()
+            loop.fit()
     (checkpoint,) = (tmp_path / "checkpoints").iterdir()
     assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / "manifest.json").is_file()
 
@@ -137,7 +139,7 @@ def test_eval_uses_the_validation_file_when_given(tmp_path, tiny_model_dir):
 def test_tensorboard_events_match_the_metrics_log(tmp_path, tiny_model_dir, gsm8k_train):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from llmc_cli.monitor.records import by_step
+    from llmc_cli.engine.record import by_step
 
     run_dir = FineTuner(
         gsm8k_train, model=str(tiny_model_dir), output=tmp_path, max_steps=4, limit=40, **SAMPLE_OPTS

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from llmc_cli import FineTuner
 from llmc_cli.checkpoints.manifest import verify
-from llmc_cli.engine.events import Adjustment, CheckpointSaved, RolledBack, StepEnded
 from llmc_cli.errors import DivergenceError, OutOfMemory, UnexpectedFailure
+from llmc_cli.events import Adjustment, CheckpointSaved, RolledBack, StepEnded
 
 OPTS = dict(
     preset="highspeed",
@@ -99,7 +99,7 @@ def test_oom_halves_the_micro_batch_keeps_step_batch_and_data(
 
 
 def test_recovered_micro_batch_survives_a_resume(tmp_path, tiny_model_dir, gsm8k_train, monkeypatch):
-    from llmc_cli.engine.events import StepEnded as Step
+    from llmc_cli.events import StepEnded as Step
 
     def stop_at_7(event):
         if isinstance(event, Step) and event.step == 7:

@@ -11,8 +11,8 @@ import signal
 import pytest
 
 from llmc_cli import FineTuner
-from llmc_cli.engine.events import CheckpointSaved, RunResumed, StepEnded
 from llmc_cli.errors import RunInterrupted
+from llmc_cli.events import CheckpointSaved, RunResumed, StepEnded
 
 OPTS = dict(
     preset="highspeed",

@@ -74,19 +74,6 @@ def best(found: list[Entry], metric: str = "eval_loss") -> Entry | None:
     return min(reversed(scored), key=lambda e: e.metrics[metric]) if scored else None
 
 
-def beyond_retention(found: list[Entry], keep_last: int, keep_best: int, metric: str) -> list[Entry]:
-    """Complete checkpoints outside the newest ``keep_last`` and the best ``keep_best`` by ``metric``.
-
-    Incomplete directories are never selected: they are not checkpoints, and a person may
-    want to look at them.
-    """
-    complete = [e for e in found if e.complete]
-    kept = {e.path for e in complete[-keep_last:]} if keep_last > 0 else set()
-    scored = sorted((e for e in complete if metric in e.metrics), key=lambda e: (e.metrics[metric], -e.step))
-    kept.update(e.path for e in scored[:keep_best])
-    return [e for e in complete if e.path not in kept]
-
-
 def resolve_run(spec: str | Path, output: Path = Path("runs")) -> Path:
     """A run given as a path, a name under ``output`` (``run-42``), or a bare number (``42``)."""
     text = str(spec)

@@ -14,19 +14,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmc_cli import faults
-from llmc_cli.checkpoints.manifest import fsync_dir, verify, write_manifest
+from llmc_cli.checkpoints.manifest import write_manifest
+from llmc_cli.durable import fsync_dir
+from llmc_cli.faults import NO_FAULTS, Faults
 
 TMP_SUFFIX = ".tmp"
 DELETING_SUFFIX = ".deleting"
 CORRUPT_SUFFIX = ".corrupt"
 
 
-def commit(parent: Path, name: str, write: Callable[[Path], dict[str, Any]], step: int | None = None) -> Path:
+def commit(
+    parent: Path,
+    name: str,
+    write: Callable[[Path], dict[str, Any]],
+    step: int | None = None,
+    faults: Faults = NO_FAULTS,
+) -> Path:
     """Create ``parent/name`` atomically; ``write(tmp_dir)`` fills it and returns manifest metadata.
 
     On any failure (a full disk included) the temporary directory is removed and the error
-    re-raised; nothing that existed before is touched.
+    re-raised; nothing that existed before is touched. ``faults`` may kill the process or fill
+    the disk at each phase (reliability tests).
     """
     parent.mkdir(parents=True, exist_ok=True)
     final, tmp = parent / name, parent / (name + TMP_SUFFIX)
@@ -34,10 +42,10 @@ def commit(parent: Path, name: str, write: Callable[[Path], dict[str, Any]], ste
     try:
         tmp.mkdir()
         meta = write(tmp)
-        faults.hit("checkpoint.write", step)
+        faults.at_checkpoint("checkpoint.write", step)
         write_manifest(tmp, meta)
         fsync_dir(tmp)
-        faults.hit("checkpoint.before-rename", step)
+        faults.at_checkpoint("checkpoint.before-rename", step)
         if final.exists():  # a damaged earlier save of the same step: set aside, never trusted
             aside = parent / (name + CORRUPT_SUFFIX)
             shutil.rmtree(aside, ignore_errors=True)
@@ -47,16 +55,16 @@ def commit(parent: Path, name: str, write: Callable[[Path], dict[str, Any]], ste
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    faults.hit("checkpoint.after-rename", step)
+    faults.at_checkpoint("checkpoint.after-rename", step)
     return final
 
 
-def remove(path: Path) -> None:
+def remove(path: Path, faults: Faults = NO_FAULTS, step: int | None = None) -> None:
     """Delete a checkpoint so that no crash can leave a partial one under its own name."""
     doomed = path.with_name(path.name + DELETING_SUFFIX)
     os.replace(path, doomed)
     fsync_dir(path.parent)
-    faults.hit("checkpoint.during-delete")
+    faults.at_checkpoint("checkpoint.during-delete", step)
     shutil.rmtree(doomed)
 
 
@@ -73,6 +81,3 @@ def clean_unfinished(parent: Path) -> list[str]:
 
 def is_checkpoint_name(name: str) -> bool:
     return not name.endswith((TMP_SUFFIX, DELETING_SUFFIX, CORRUPT_SUFFIX))
-
-
-__all__ = ["commit", "remove", "clean_unfinished", "is_checkpoint_name", "verify"]

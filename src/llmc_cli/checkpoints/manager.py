@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmc_cli.checkpoints import catalog
-from llmc_cli.checkpoints.commit import clean_unfinished, commit, remove
-from llmc_cli.engine.events import CheckpointSaved, EventBus, TrainingWarning
+from llmc_cli.checkpoints.commit import clean_unfinished, commit
+from llmc_cli.checkpoints.retention import prune
 from llmc_cli.errors import TrainingError
+from llmc_cli.events import CheckpointSaved, EventBus, TrainingWarning
+from llmc_cli.faults import NO_FAULTS, Faults
 
 
 @dataclass(frozen=True)
@@ -31,15 +33,28 @@ class Policy:
     metric: str
     on_error: Literal["continue", "stop"]
 
+    @classmethod
+    def from_settings(cls, run) -> Policy:
+        """The policy a run's settings (``RunConfig.run``) ask for."""
+        return cls(
+            interval_steps=run.checkpoint_interval,
+            interval_minutes=run.checkpoint_minutes,
+            keep_last=run.max_checkpoints,
+            keep_best=run.keep_best_checkpoints,
+            metric=run.checkpoint_metric,
+            on_error=run.on_checkpoint_error,
+        )
+
 
 class CheckpointManager:
     """Saves and rotates the checkpoints of one run directory."""
 
-    def __init__(self, run_dir: Path, policy: Policy, bus: EventBus) -> None:
+    def __init__(self, run_dir: Path, policy: Policy, bus: EventBus, faults: Faults = NO_FAULTS) -> None:
         self.run_dir = run_dir
         self.root = run_dir / catalog.CHECKPOINTS
         self.policy = policy
         self.bus = bus
+        self.faults = faults
         self.last_saved_step: int | None = None
         self._last_saved_at = time.monotonic()
         for name in clean_unfinished(self.root):
@@ -59,7 +74,7 @@ class CheckpointManager:
             return self.root / catalog.checkpoint_name(step)
         started = time.perf_counter()
         try:
-            path = commit(self.root, catalog.checkpoint_name(step), write, step=step)
+            path = commit(self.root, catalog.checkpoint_name(step), write, step=step, faults=self.faults)
         except OSError as exc:
             message = f"Checkpoint at step {step} could not be written ({exc.strerror or exc}); older ones are intact."
             self.bus.emit(TrainingWarning("checkpoint", message))
@@ -70,7 +85,8 @@ class CheckpointManager:
             return None
         self.last_saved_step = step
         self._last_saved_at = time.monotonic()
-        removed = self.rotate()
+        policy = self.policy
+        removed = prune(self.run_dir, policy.keep_last, policy.keep_best, policy.metric, faults=self.faults, step=step)
         entry = next(e for e in catalog.entries(self.run_dir) if e.path == path)
         self.bus.emit(
             CheckpointSaved(
@@ -79,16 +95,7 @@ class CheckpointManager:
                 reason=reason,
                 size_bytes=entry.size_bytes,
                 duration_s=time.perf_counter() - started,
-                removed=[p.name for p in removed],
+                removed=[e.path.name for e in removed],
             )
         )
         return path
-
-    def rotate(self) -> list[Path]:
-        """Delete complete checkpoints outside the newest ``keep_last`` and best ``keep_best``."""
-        policy = self.policy
-        found = catalog.entries(self.run_dir)
-        doomed = [e.path for e in catalog.beyond_retention(found, policy.keep_last, policy.keep_best, policy.metric)]
-        for path in doomed:
-            remove(path)
-        return doomed

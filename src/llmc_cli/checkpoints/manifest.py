@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from llmc_cli.durable import fsync_file, write_json
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -41,19 +42,6 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fsync_file(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def payload_files(directory: Path) -> list[Path]:
     """Every regular file under ``directory`` except the manifest, in a stable order."""
     return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
@@ -66,12 +54,7 @@ def write_manifest(directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
         fsync_file(path)
         files[path.relative_to(directory).as_posix()] = {"size": path.stat().st_size, "sha256": sha256(path)}
     manifest = {"format": FORMAT_VERSION, **meta, "files": files}
-    target = directory / MANIFEST
-    with target.open("w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=2, default=str)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    write_json(directory / MANIFEST, manifest)
     return manifest
 
 

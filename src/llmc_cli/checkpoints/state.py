@@ -9,7 +9,6 @@ is pickled: a checkpoint can be inspected and loaded without executing code.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from llmc_cli.durable import read_json, write_json
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
@@ -46,8 +47,10 @@ class TrainerState:
     eval_history: list[tuple[int, float]] = field(default_factory=list)  # (step, eval loss)
     initial_eval_loss: float | None = None
     last_train_loss: float | None = None
-    controls: dict[str, Any] = field(default_factory=dict)  # clipping, divergence, plateau, early stopping
+    controls: dict[str, Any] = field(default_factory=dict)  # clipping, divergence, plateau, early stopping ...
+    lr: dict[str, Any] = field(default_factory=dict)  # the learning-rate multiplier on top of the schedule
     recovery: dict[str, Any] = field(default_factory=dict)  # what automatic recovery changed
+    journal: list[dict[str, Any]] = field(default_factory=list)  # every adjustment the engine made
 
     def metrics(self) -> dict[str, float]:
         out = {}
@@ -68,16 +71,10 @@ class TrainerState:
             initial_eval_loss=data.get("initial_eval_loss"),
             last_train_loss=data.get("last_train_loss"),
             controls=dict(data.get("controls", {})),
+            lr=dict(data.get("lr", {})),
             recovery=dict(data.get("recovery", {})),
+            journal=list(data.get("journal", [])),
         )
-
-
-def write_json(path: Path, payload: Any) -> None:
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 # ----------------------------------------------------------------------- optimizer

@@ -11,15 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llmc_cli.checkpoints import catalog
-from llmc_cli.checkpoints.commit import remove
+from llmc_cli.checkpoints import catalog, retention
 from llmc_cli.checkpoints.manifest import verify
+from llmc_cli.cli.options import MetricOpt, OutputOpt, RunArg
 from llmc_cli.errors import CheckpointError
 
 app = typer.Typer(help="List, choose, prune and verify checkpoints.", no_args_is_help=True)
-RunArg = Annotated[str, typer.Argument(help="run-42, 42, a run name, or the run's directory.")]
-OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Folder that holds the run directories.")]
-MetricOpt = Annotated[str, typer.Option("--metric", help="eval_loss or train_loss (lower is better).")]
 
 
 def _size(n: int) -> str:
@@ -94,17 +91,15 @@ def prune(
 ) -> None:
     """Delete all but the newest KEEP and the best KEEP_BEST checkpoints."""
     run_dir = catalog.resolve_run(run, output)
-    found = catalog.entries(run_dir)
-    doomed = catalog.beyond_retention(found, keep, keep_best, metric)
-    kept = [e for e in found if e.complete and e not in doomed]
+    complete = sum(e.complete for e in catalog.entries(run_dir))
+    doomed = retention.prune(run_dir, keep, keep_best, metric, dry_run=dry_run)
+    kept = complete - len(doomed)
     console = Console()
     for entry in doomed:
-        if not dry_run:
-            remove(entry.path)
         console.print(f"{'would delete' if dry_run else 'deleted'} {entry.path} ({_size(entry.size_bytes)})")
     freed = sum(e.size_bytes for e in doomed)
     verb = "would free" if dry_run else "freed"
-    console.print(f"{len(kept)} kept, {len(doomed)} {'to delete' if dry_run else 'deleted'}, {verb} {_size(freed)}.")
+    console.print(f"{kept} kept, {len(doomed)} {'to delete' if dry_run else 'deleted'}, {verb} {_size(freed)}.")
 
 
 @app.command("verify")

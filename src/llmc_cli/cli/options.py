@@ -1,4 +1,4 @@
-"""Options shared by several commands, with help texts taken from the config schema."""
+"""Options shared by several commands, with help texts taken from the config schema where one exists."""
 
 from __future__ import annotations
 
@@ -14,4 +14,10 @@ ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help=describe("mo
 PresetOpt = Annotated[PresetName | None, typer.Option("--preset", "-p", help=describe("preset"), show_default=False)]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="An llmc.toml file (see llmc.toml.example).", show_default=False)
+]
+RunArg = Annotated[str, typer.Argument(help="run-42, 42, a run name, or the run's directory.")]
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Folder that holds the run directories.")]
+MetricOpt = Annotated[str, typer.Option("--metric", help="eval_loss or train_loss (lower is better).")]
+DashboardOpt = Annotated[
+    bool, typer.Option("--dashboard/--no-dashboard", help="Live dashboard on a terminal, or one log line per step.")
 ]

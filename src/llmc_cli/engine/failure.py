@@ -2,22 +2,26 @@
 
 It says what went wrong (the classified cause and the error), where the run stood (the
 last train and eval metrics), what llmc already tried (the run's adjustments), where to
-continue from (the newest checkpoint that verifies) and what to change by hand.
+continue from (the newest checkpoint that verifies) and what to change by hand. It is built
+from what the engine holds in memory when the error reaches it, not from files read back.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmc_cli.checkpoints import catalog
 from llmc_cli.checkpoints.manifest import verify
+from llmc_cli.durable import write_json, write_text
 from llmc_cli.engine.recovery import classify
 from llmc_cli.errors import LlmcError
-from llmc_cli.monitor.records import by_step
+
+TRAIN_METRICS = ("loss", "lr", "grad_norm", "clip_threshold", "tokens_per_s")
+EVAL_METRICS = ("eval_loss", "perplexity")
 
 SUGGESTIONS: dict[str, list[str]] = {
     "oom-gpu": [
@@ -51,10 +55,21 @@ SUGGESTIONS: dict[str, list[str]] = {
 }
 
 
-def write_failure_report(run_dir: Path, error: BaseException, checkpoint: Path | None = None) -> Path:
+@dataclass
+class Standing:
+    """Where the run stood when it failed."""
+
+    step: int = 0
+    last_train: dict[str, Any] | None = None  # the last train log line (a StepEnded as a dict)
+    last_eval: dict[str, Any] | None = None  # the last evaluation (an EvalEnded as a dict)
+    actions: list[dict[str, Any]] = field(default_factory=list)  # the journal's entries
+
+
+def write_failure_report(
+    run_dir: Path, error: BaseException, standing: Standing, checkpoint: Path | None = None
+) -> Path:
     """Write ``failure.json`` and ``failure.txt`` into ``run_dir``; returns the text report's path."""
     cause = classify(error)
-    train, evals = by_step(run_dir, "train"), by_step(run_dir, "eval")
     resume_from = checkpoint if checkpoint is not None and verify(checkpoint).ok else catalog.valid_before(run_dir)[0]
     resume = f"llmc resume {run_dir}" + (f" --from {resume_from.name}" if resume_from else "")
     report: dict[str, Any] = {
@@ -65,19 +80,21 @@ def write_failure_report(run_dir: Path, error: BaseException, checkpoint: Path |
         "fix": getattr(error, "hint", None),
         "exit_code": error.exit_code if isinstance(error, LlmcError) else 9,
         "time": time.time(),
-        "last_step": max(train) if train else 0,
-        "last_train": _metrics(train[max(train)]) if train else None,
-        "last_eval": _metrics(evals[max(evals)]) if evals else None,
-        "actions": _adjustments(run_dir),
+        "last_step": standing.step,
+        "last_train": _metrics(standing.last_train, TRAIN_METRICS),
+        "last_eval": _metrics(standing.last_eval, EVAL_METRICS),
+        "actions": [
+            {k: a.get(k) for k in ("step", "cause", "action", "message", "settings")} for a in standing.actions
+        ],
         "checkpoint": str(resume_from) if resume_from else None,
         "resume": resume if resume_from else None,
         "suggestions": [line.replace("RUN", str(run_dir)) for line in SUGGESTIONS.get(cause, SUGGESTIONS["other"])],
     }
     if not isinstance(error, LlmcError):
         report["traceback"] = "".join(traceback.format_exception(error))
-    (run_dir / "failure.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    write_json(run_dir / "failure.json", report)
     text = run_dir / "failure.txt"
-    text.write_text(render(report), encoding="utf-8")
+    write_text(text, render(report))
     return text
 
 
@@ -104,20 +121,7 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _metrics(record: dict[str, Any]) -> dict[str, float]:
-    keys = ("loss", "lr", "grad_norm", "clip_threshold", "tokens_per_s", "eval_loss", "perplexity")
+def _metrics(record: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, float] | None:
+    if not record:
+        return None
     return {k: record[k] for k in keys if isinstance(record.get(k), int | float)}
-
-
-def _adjustments(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "events.jsonl"
-    found = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("event") == "Adjustment":
-                found.append({k: record.get(k) for k in ("step", "cause", "action", "message", "settings")})
-    return found

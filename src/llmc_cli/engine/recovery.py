@@ -1,19 +1,20 @@
 """Recovery policies: classify a failure, decide what to do, within bounded budgets.
 
-The loop asks; this module answers and reports every action as an :class:`Adjustment`:
+The loop asks; this module answers and records every action in the run's journal:
 
 - out of memory (GPU or CPU): halve the micro-batch and double the accumulation, so the
   effective batch and the order of the data stay the same; once the micro-batch is one
   sequence, turn on gradient checkpointing; then give up (:class:`OutOfMemory`). An eval
   OOM halves only the eval batch.
 - divergence: a non-finite loss skips the step (weights untouched); ``nan_tolerance`` in a
-  row, or a loss spike, roll back to the last good state with half the learning rate; a
-  spike that comes back at the same step after a rollback skips that batch; past
-  ``max_rollbacks``, :class:`DivergenceError`.
-- a batch that cannot be read: skipped, up to ``max_skipped_batches``.
+  row, or a loss spike, roll back to the last good state with half the learning rate
+  (``ROLLBACK_LR_FACTOR``, applied by the rollback through the LR's owner); a spike that comes
+  back at the same step after a rollback skips that batch; past ``max_rollbacks``,
+  :class:`DivergenceError`.
+- a batch that cannot be used (:class:`UnreadableBatch`): skipped, up to ``max_skipped_batches``.
 
-Its state (micro-batch split, gradient checkpointing, LR scale, budgets used, actions) is
-saved in checkpoints, so a resumed run keeps what recovery learned.
+Its state (micro-batch split, gradient checkpointing, budgets used) is saved in checkpoints
+and survives rollbacks, so a resumed or rolled-back run keeps what recovery learned.
 """
 
 from __future__ import annotations
@@ -24,9 +25,17 @@ from typing import Any
 
 import torch
 
-from llmc_cli.engine.events import Adjustment, EventBus
-from llmc_cli.errors import CheckpointError, ConfigError, DataError, DivergenceError, LlmcError, ModelError, OutOfMemory
-from llmc_cli.faults import InjectedDataError
+from llmc_cli.engine.journal import Journal
+from llmc_cli.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DivergenceError,
+    LlmcError,
+    ModelError,
+    OutOfMemory,
+    UnreadableBatch,
+)
 
 ROLLBACK_LR_FACTOR = 0.5
 
@@ -49,13 +58,22 @@ def classify(exc: BaseException) -> str:
         return "divergence"
     if isinstance(exc, CheckpointError):
         return "checkpoint"
-    if isinstance(exc, DataError | InjectedDataError):
+    if isinstance(exc, DataError):
         return "data"
     if isinstance(exc, ConfigError):
         return "config"
     if isinstance(exc, ModelError):
         return "model"
     return "other"
+
+
+def recoverable(exc: BaseException) -> str | None:
+    """What recovery can do about an error raised inside a step or an evaluation: ``"data"`` (skip
+    the batch), ``"oom-gpu"`` / ``"oom-cpu"`` (shrink and retry), or None (nothing: re-raise)."""
+    if isinstance(exc, UnreadableBatch):
+        return "data"
+    kind = classify(exc)
+    return kind if kind in ("oom-gpu", "oom-cpu") and not isinstance(exc, LlmcError) else None
 
 
 @dataclass(frozen=True)
@@ -74,13 +92,11 @@ class RecoveryState:
     split: int = 1  # each loader batch runs as this many micro-batches
     eval_split: int = 1
     gradient_checkpointing: bool = False  # turned on by recovery
-    lr_scale: float = 1.0  # product of the rollback reductions
     oom_retries: int = 0
     rollbacks: int = 0
     consecutive_bad: int = 0
     skipped_steps: list[int] = field(default_factory=list)
     spike_steps: list[int] = field(default_factory=list)  # spikes that caused a rollback
-    actions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,9 +116,9 @@ class MemoryPlan:
 class Recovery:
     """Decides, counts and reports; the loop carries the decisions out."""
 
-    def __init__(self, budget: Budget, bus: EventBus, batch_size: int, grad_accum: int) -> None:
+    def __init__(self, budget: Budget, journal: Journal, batch_size: int, grad_accum: int) -> None:
         self.budget = budget
-        self.bus = bus
+        self.journal = journal
         self.batch_size = batch_size
         self.grad_accum = grad_accum
         self.state = RecoveryState()
@@ -115,13 +131,7 @@ class Recovery:
             "grad_accum": self.grad_accum * split,
             "effective_batch": self.batch_size * self.grad_accum,
             "gradient_checkpointing": gradient_checkpointing,
-            "lr_scale": self.state.lr_scale,
         }
-
-    def _act(self, step: int, cause: str, action: str, message: str, settings: dict[str, Any]) -> None:
-        record = {"step": step, "cause": cause, "action": action, "message": message}
-        self.state.actions.append(record)
-        self.bus.emit(Adjustment(step=step, cause=cause, action=action, message=message, settings=settings))
 
     # --------------------------------------------------------- out of memory
     def on_oom(self, step: int, kind: str, error: str, rows: int, checkpointing: bool, evaluating: bool) -> MemoryPlan:
@@ -140,7 +150,7 @@ class Recovery:
         free_memory()
         if evaluating:
             s.eval_split *= 2
-            self._act(
+            self.journal.record(
                 step,
                 kind,
                 "halved-eval-batch",
@@ -156,7 +166,7 @@ class Recovery:
             s.gradient_checkpointing = checkpointing = True
             action, message = "gradient-checkpointing", "turned on gradient checkpointing"
         settings = self.settings(checkpointing)
-        self._act(
+        self.journal.record(
             step,
             kind,
             action,
@@ -180,7 +190,7 @@ class Recovery:
                 raise _diverged(step, verdict, loss, f"{len(s.skipped_steps)} batches were skipped already")
             s.skipped_steps.append(step)
             why = "the spike came back after a rollback" if repeat else f"{s.consecutive_bad} in a row"
-            self._act(
+            self.journal.record(
                 step,
                 verdict,
                 "skipped-batch",
@@ -192,25 +202,25 @@ class Recovery:
             raise _diverged(step, verdict, loss, f"{s.rollbacks} rollbacks did not help")
         s.rollbacks += 1
         s.consecutive_bad = 0
-        s.lr_scale *= ROLLBACK_LR_FACTOR
         if verdict == "spike":
             s.spike_steps.append(step)
         return "rollback"
 
     def rolled_back(
-        self, step: int, verdict: str, loss: float, target_step: int, source: str, checkpointing: bool
+        self, step: int, verdict: str, loss: float, target_step: int, source: str, checkpointing: bool, lr_scale: float
     ) -> None:
-        self._act(
+        self.journal.record(
             step,
             verdict,
             "rolled-back",
             f"Loss {loss:.4g} at step {step} ({verdict}): rolled back to step {target_step} ({source}) with the "
-            f"learning rate x{self.state.lr_scale:g} (rollback {self.state.rollbacks} of {self.budget.max_rollbacks}).",
-            self.settings(checkpointing),
+            f"learning rate x{lr_scale:g} (rollback {self.state.rollbacks} of {self.budget.max_rollbacks}).",
+            {**self.settings(checkpointing), "lr_scale": lr_scale},
         )
 
     def act_checkpoint(self, step: int, refusal: str) -> None:
-        self._act(step, "checkpoint", "refused-checkpoint", f"Refused checkpoint {refusal}; using an older state.", {})
+        message = f"Refused checkpoint {refusal}; using an older state."
+        self.journal.record(step, "checkpoint", "refused-checkpoint", message)
 
     def on_good_step(self) -> None:
         self.state.consecutive_bad = 0
@@ -225,7 +235,7 @@ class Recovery:
                 f"{len(s.skipped_steps)} batches were skipped already.",
             )
         s.skipped_steps.append(step)
-        self._act(
+        self.journal.record(
             step,
             "data",
             "skipped-batch",

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from pathlib import Path
-from typing import Any
 
+from llmc_cli.durable import write_json
+from llmc_cli.engine.plan import RunPlan
 from llmc_cli.errors import ConfigError
 
 RUN_PATTERN = re.compile(r"^run-(\d+)$")
@@ -36,8 +35,9 @@ def create_run_dir(output: Path, run_name: str | None) -> Path:
             continue
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+def start_run(plan: RunPlan) -> Path:
+    """Create the run directory a plan asks for and write its resolved ``config.json``."""
+    run = plan.resolved.config.run
+    run_dir = create_run_dir(run.output, run.run_name)
+    write_json(run_dir / "config.json", plan.resolved.to_json())
+    return run_dir

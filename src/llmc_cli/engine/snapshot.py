@@ -1,9 +1,11 @@
-"""The bridge between the training loop and a checkpoint directory: write one, restore one.
+"""The bridge between a training session and a checkpoint directory: save one, load one.
 
 A checkpoint is the adapter in PEFT format (so ``PeftModel.from_pretrained`` loads it as
 is), plus everything that makes continuing bit-identical on CPU: optimizer and scheduler
 state, RNG states, the position in the data, and the run's resolved config. The manifest
 also records a fingerprint of the training rows, so a resume on changed data is refused.
+:class:`MemorySnapshot` keeps the same state in host memory: the rollback target at the start
+of a session, before any checkpoint of it exists.
 """
 
 from __future__ import annotations
@@ -20,16 +22,21 @@ from safetensors.torch import load_file
 
 from llmc_cli import __version__
 from llmc_cli.checkpoints import state as files
+from llmc_cli.checkpoints.manager import CheckpointManager, Policy
 from llmc_cli.checkpoints.manifest import read_manifest
 from llmc_cli.checkpoints.state import TrainerState
+from llmc_cli.durable import write_json
+from llmc_cli.engine.session import Session
 from llmc_cli.errors import CheckpointError
+from llmc_cli.events import EventBus, TrainingWarning
+from llmc_cli.faults import Faults
 
 
 @dataclass
 class Resume:
     """A checkpoint loaded into the model, optimizer and scheduler; RNG is restored by the loop."""
 
-    checkpoint: Path
+    checkpoint: Path | None  # None: the session's start, kept in memory
     state: TrainerState
     rng: dict[str, Any]
 
@@ -57,8 +64,8 @@ def write_snapshot(
     files.save_optimizer(optimizer, directory)
     files.save_scheduler(scheduler, directory)
     files.save_rng(directory)
-    files.write_json(directory / files.TRAINER_STATE, state.to_json())
-    files.write_json(directory / "config.json", config_json)
+    write_json(directory / files.TRAINER_STATE, state.to_json())
+    write_json(directory / "config.json", config_json)
     return {
         "step": state.position.step,
         "epoch": state.position.epoch + facts["epoch_fraction"],
@@ -67,6 +74,79 @@ def write_snapshot(
         "versions": library_versions(),
         **{key: value for key, value in facts.items() if key != "epoch_fraction"},
     }
+
+
+class Checkpointer:
+    """Saves the session's state through the run's checkpoint manager; counts the time it takes."""
+
+    def __init__(self, session: Session, bus: EventBus, faults: Faults) -> None:
+        self.session = session
+        self.bus = bus
+        self.manager = CheckpointManager(session.run_dir, Policy.from_settings(session.config.run), bus, faults)
+        self.time_s = 0.0
+
+    def due(self, step: int) -> bool:
+        return self.manager.due(step)
+
+    def saved_already(self, step: int) -> None:
+        """``step`` is on disk (a resume or rollback started from it): do not write it again."""
+        self.manager.last_saved_step = step
+
+    def save(self, state: TrainerState, reason: str) -> Path | None:
+        started = time.perf_counter()
+        try:
+            return save_checkpoint(self.session, state, self.manager, self.bus, reason)
+        finally:
+            self.time_s += time.perf_counter() - started
+
+
+def save_checkpoint(
+    session: Session, state: TrainerState, manager: CheckpointManager, bus: EventBus, reason: str
+) -> Path | None:
+    """Save ``state`` and the session's adapter, optimizer and scheduler (the main process writes,
+    every process waits). None when nothing was saved: a weight is NaN/Inf, or the save failed and
+    training may go on (the manager said why)."""
+    pos = state.position
+    if pos.batches_in_epoch >= len(session.train_loader):  # an epoch's last step: next is a new epoch
+        pos.epoch += 1
+        pos.batches_in_epoch = 0
+    if not all_finite(session.params):  # never write weights that are NaN or Inf
+        bus.emit(TrainingWarning("checkpoint", f"Not saving step {pos.step}: the adapter holds NaN/Inf."))
+        return None
+    accelerator = session.accelerator
+    accelerator.wait_for_everyone()
+    path = None
+    if accelerator.is_main_process:
+
+        def write(directory: Path) -> dict[str, Any]:
+            return write_snapshot(
+                directory,
+                model=session.unwrapped(),
+                optimizer=session.optimizer,
+                scheduler=session.scheduler,
+                state=state,
+                config_json=session.plan.resolved.to_json(),
+                facts=session.checkpoint_facts(pos.batches_in_epoch),
+            )
+
+        path = manager.save(pos.step, write, reason)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def load_checkpoint(session: Session, directory: Path) -> Resume:
+    """Load a checkpoint of this run into the session's model, optimizer and scheduler."""
+    return restore_snapshot(
+        directory,
+        model=session.unwrapped(),
+        optimizer=session.optimizer,
+        scheduler=session.scheduler,
+        data_fingerprint=session.data_fingerprint,
+    )
+
+
+def all_finite(params: list[torch.Tensor]) -> bool:
+    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
 
 def restore_snapshot(directory: Path, *, model, optimizer, scheduler, data_fingerprint: str) -> Resume:
@@ -128,7 +208,7 @@ class MemorySnapshot:
                 param.copy_(saved)
         optimizer.load_state_dict(copy.deepcopy(self.optimizer))
         scheduler.load_state_dict(copy.deepcopy(self.scheduler))
-        return Resume(Path("<start of this session>"), TrainerState.from_json(copy.deepcopy(self.state)), self.rng)
+        return Resume(None, TrainerState.from_json(copy.deepcopy(self.state)), self.rng)
 
 
 def _cpu(value: Any) -> Any:

@@ -20,7 +20,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from llmc_cli.engine.events import (
+from llmc_cli.events import (
     Adjustment,
     CheckpointSaved,
     EvalEnded,

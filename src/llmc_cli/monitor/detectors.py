@@ -14,15 +14,19 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmc_cli.engine.events import EvalEnded, Event, EventBus, StepEnded, SystemSampled, TrainingWarning
+from llmc_cli import stats
+from llmc_cli.events import EvalEnded, Event, EventBus, StepEnded, SystemSampled, TrainingWarning
+from llmc_cli.stats import MIN_HISTORY
 
 WINDOW = 50  # steps of history the detectors see
 LONG_WINDOW = 200  # for plateaus: slow trends need many noisy steps to tell from noise
-MIN_HISTORY = 10  # below this, statistics are too noisy to judge
+# A spike worth telling the user about; the engine itself rolls back only above the run's
+# spike_threshold (3x by default), with the same test (stats.spike).
+WARN_SPIKE_RATIO = 1.5
 
 
 @dataclass(frozen=True)
@@ -48,26 +52,9 @@ class History:
     first_losses: list[float] = field(default_factory=list)  # the run's first WINDOW losses
 
 
-def robust_z(values: Sequence[float], x: float) -> float:
-    """How far ``x`` sits from the median of ``values``, in robust standard deviations (MAD)."""
-    median = statistics.median(values)
-    mad = statistics.median(abs(v - median) for v in values)
-    scale = 1.4826 * mad or 1e-12
-    return (x - median) / scale
-
-
-def _slope(values: Sequence[float]) -> float:
-    """Least-squares slope per step."""
-    n = len(values)
-    mean_x, mean_y = (n - 1) / 2, statistics.fmean(values)
-    num = sum((i - mean_x) * (v - mean_y) for i, v in enumerate(values))
-    den = sum((i - mean_x) ** 2 for i in range(n)) or 1.0
-    return num / den
-
-
 # ---------------------------------------------------------------------------- detectors
 def non_finite_loss(h: History) -> Finding | None:
-    if h.losses and not math.isfinite(h.losses[-1]):
+    if h.losses and not stats.finite(h.losses[-1]):
         return Finding(
             "nan_loss",
             f"The training loss is {h.losses[-1]} at step {h.steps[-1]}.",
@@ -77,21 +64,21 @@ def non_finite_loss(h: History) -> Finding | None:
     return None
 
 
-def loss_spike(h: History, threshold: float = 8.0) -> Finding | None:
-    if len(h.losses) < MIN_HISTORY + 1 or not math.isfinite(h.losses[-1]):
+def loss_spike(h: History) -> Finding | None:
+    if not h.losses:
         return None
-    before, last = list(h.losses)[:-1], h.losses[-1]
-    z = robust_z(before, last)
-    median = statistics.median(before)
-    if z > threshold and last > 1.5 * median:
-        return Finding(
-            "loss_spike",
-            f"Loss spiked to {last:.4f} at step {h.steps[-1]} ({last / median:.1f}x the recent median "
-            f"{median:.4f}, robust z {z:.1f}).",
-            "If it repeats, lower --lr or --max-grad-norm; check the batch's data for broken examples.",
-            {"step": h.steps[-1], "loss": last, "median": median, "robust_z": round(z, 2)},
-        )
-    return None
+    last = h.losses[-1]
+    found = stats.spike(list(h.losses)[:-1], last, WARN_SPIKE_RATIO)
+    if found is None:
+        return None
+    median = found["median"]
+    return Finding(
+        "loss_spike",
+        f"Loss spiked to {last:.4f} at step {h.steps[-1]} ({last / median:.1f}x the recent median "
+        f"{median:.4f}, robust z {found['robust_z']:.1f}).",
+        "If it repeats, lower --lr or --max-grad-norm; check the batch's data for broken examples.",
+        {"step": h.steps[-1], "loss": last, "median": median, "robust_z": found["robust_z"]},
+    )
 
 
 def plateau(h: History, min_gain: float = 0.01) -> Finding | None:
@@ -120,20 +107,17 @@ def plateau(h: History, min_gain: float = 0.01) -> Finding | None:
     return None
 
 
-def exploding_gradients(h: History, factor: float = 10.0) -> Finding | None:
-    if len(h.grad_norms) < MIN_HISTORY + 1:
+def exploding_gradients(h: History) -> Finding | None:
+    found = stats.explosion(h.grad_norms)
+    if found is None:
         return None
-    before, last = list(h.grad_norms)[:-1], h.grad_norms[-1]
-    median = statistics.median(before)
-    if not math.isfinite(last) or (median > 0 and last > factor * median and last > 1.0):
-        return Finding(
-            "exploding_gradients",
-            f"Gradient norm {last:.3g} at step {h.steps[-1]} is {last / max(median, 1e-12):.0f}x the recent median "
-            f"{median:.3g}.",
-            "Lower --lr or --max-grad-norm; with fp16, switch to bf16 or fp32.",
-            {"step": h.steps[-1], "grad_norm": last, "median": median},
-        )
-    return None
+    last, median = found["grad_norm"], found["median"]
+    return Finding(
+        "exploding_gradients",
+        f"Gradient norm {last:.3g} at step {h.steps[-1]} is {last / median:.0f}x the recent median {median:.3g}.",
+        "Lower --lr or --max-grad-norm; with fp16, switch to bf16 or fp32.",
+        {"step": h.steps[-1], **found},
+    )
 
 
 def vanishing_gradients(h: History, floor: float = 1e-7) -> Finding | None:
@@ -149,22 +133,16 @@ def vanishing_gradients(h: History, floor: float = 1e-7) -> Finding | None:
 
 def lr_too_high(h: History) -> Finding | None:
     """The loss zig-zags without going down: consecutive changes keep flipping sign."""
-    if len(h.losses) < WINDOW:
+    found = stats.oscillation(h.losses, WINDOW)
+    if found is None:
         return None
-    losses = list(h.losses)
-    diffs = [b - a for a, b in zip(losses, losses[1:], strict=False)]
-    flips = sum(1 for a, b in zip(diffs, diffs[1:], strict=False) if a * b < 0) / max(len(diffs) - 1, 1)
-    spread = statistics.pstdev(losses) / max(abs(statistics.fmean(losses)), 1e-12)
-    slope = _slope(losses)
-    if flips > 0.85 and spread > 0.1 and slope >= 0:
-        return Finding(
-            "lr_too_high",
-            f"The loss oscillates without decreasing ({flips:.0%} of steps reverse direction, spread "
-            f"{spread:.0%} of the mean).",
-            f"Lower the learning rate (now {h.lrs[-1]:.2e}), e.g. by 3x.",
-            {"sign_flip_fraction": round(flips, 3), "relative_spread": round(spread, 4), "slope": slope},
-        )
-    return None
+    return Finding(
+        "lr_too_high",
+        f"The loss oscillates without decreasing ({found['sign_flip_fraction']:.0%} of steps reverse direction, "
+        f"spread {found['relative_spread']:.0%} of the mean).",
+        f"Lower the learning rate (now {h.lrs[-1]:.2e}), e.g. by 3x.",
+        found,
+    )
 
 
 def lr_too_low(h: History, min_change: float = 0.002) -> Finding | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from llmc_cli.engine.events import (
+from llmc_cli.events import (
     Adjustment,
     CheckpointSaved,
     EvalEnded,

@@ -11,8 +11,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from llmc_cli.engine.events import CheckpointSaved, EvalEnded, Event, RunEnded, StepEnded, SystemSampled
 from llmc_cli.errors import ConfigError
+from llmc_cli.events import CheckpointSaved, EvalEnded, Event, RunEnded, StepEnded, SystemSampled
 
 REPORTERS = ("tensorboard", "wandb", "mlflow")
 

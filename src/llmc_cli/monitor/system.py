@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from llmc_cli.engine.events import EventBus, SystemSampled
+from llmc_cli.events import EventBus, SystemSampled
 
 
 def _nvml_handles() -> list[Any]:

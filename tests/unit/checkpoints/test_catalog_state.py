@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmc_cli.checkpoints import catalog
+from llmc_cli.checkpoints import catalog, retention
 from llmc_cli.checkpoints import state as files
 from llmc_cli.checkpoints.commit import commit
 from llmc_cli.errors import CheckpointError
@@ -30,10 +30,10 @@ def test_retention_keeps_newest_and_best(tmp_path):
     run = _fake_run(tmp_path, [(2, 3.0), (4, 1.0), (6, 2.0), (8, None), (10, 2.5)])
     found = catalog.entries(run)
     assert [e.step for e in found] == [2, 4, 6, 8, 10]
-    doomed = catalog.beyond_retention(found, keep_last=2, keep_best=1, metric="eval_loss")
+    doomed = retention.beyond_retention(found, keep_last=2, keep_best=1, metric="eval_loss")
     assert [e.step for e in doomed] == [2, 6]
     assert catalog.best(found).step == 4
-    assert [e.step for e in catalog.beyond_retention(found, 1, 0, "eval_loss")] == [2, 4, 6, 8]
+    assert [e.step for e in retention.beyond_retention(found, 1, 0, "eval_loss")] == [2, 4, 6, 8]
 
 
 def test_checkpoint_specs_and_fallback_past_corrupt_ones(tmp_path):
@@ -117,7 +117,7 @@ def test_rng_states_restore_the_next_draws(tmp_path):
 def test_manager_saves_on_interval_time_and_never_twice_per_step(tmp_path, monkeypatch):
     from llmc_cli.checkpoints import manager as manager_module
     from llmc_cli.checkpoints.manager import CheckpointManager, Policy
-    from llmc_cli.engine.events import EventBus
+    from llmc_cli.events import EventBus
 
     now = [1000.0]
     monkeypatch.setattr(manager_module.time, "monotonic", lambda: now[0])

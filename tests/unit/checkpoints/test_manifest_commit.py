@@ -72,11 +72,13 @@ def test_a_failed_write_leaves_nothing_and_keeps_older_checkpoints(tmp_path):
     assert verify(older).ok
 
 
-def test_injected_enospc_fault_point(tmp_path, monkeypatch):
-    monkeypatch.setenv("LLMC_FAULTS", "checkpoint.write@4:enospc")
-    commit(tmp_path, "step-000002", _write_files, step=2)  # other steps are unaffected
+def test_injected_enospc_fault_point(tmp_path):
+    from llmc_cli.faults import Faults, parse
+
+    faults = Faults(parse("checkpoint.write@4:enospc"))
+    commit(tmp_path, "step-000002", _write_files, step=2, faults=faults)  # other steps are unaffected
     with pytest.raises(OSError, match="No space left"):
-        commit(tmp_path, "step-000004", _write_files, step=4)
+        commit(tmp_path, "step-000004", _write_files, step=4, faults=faults)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000002"]
 
 

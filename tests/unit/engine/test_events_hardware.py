@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from llmc_cli.engine.events import EvalEnded, EventBus, TrainingWarning
+from llmc_cli.events import EvalEnded, EventBus, TrainingWarning
 from llmc_cli.optimize.hardware import Hardware, choose_precision, cpu_has_native_bf16
 
 
@@ -76,6 +76,6 @@ def test_cli_import_does_not_import_torch():
 def test_default_eval_interval_keeps_evaluation_within_a_quarter_of_training(
     steps, tokens_per_step, val_tokens, interval
 ):
-    from llmc_cli.engine.loop import default_eval_interval
+    from llmc_cli.engine.session import default_eval_interval
 
     assert default_eval_interval(steps, tokens_per_step, val_tokens) == interval

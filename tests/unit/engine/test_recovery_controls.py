@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from llmc_cli import faults
-from llmc_cli.engine.events import Adjustment
-from llmc_cli.engine.failure import render, write_failure_report
-from llmc_cli.engine.recovery import Budget, Recovery, classify, split_batch
-from llmc_cli.engine.stability import AdaptiveClipper, DivergenceGuard, EarlyStopping, PlateauLR, scale_lr
-from llmc_cli.errors import DataError, DivergenceError, OutOfMemory
+from llmc_cli.engine.controls import AdaptiveClipper, DivergenceGuard, EarlyStopping, InstabilityLR, PlateauLR
+from llmc_cli.engine.failure import Standing, render, write_failure_report
+from llmc_cli.engine.journal import Journal
+from llmc_cli.engine.lr import LearningRate
+from llmc_cli.engine.recovery import Budget, Recovery, classify, recoverable, split_batch
+from llmc_cli.errors import DataError, DivergenceError, OutOfMemory, UnreadableBatch
 
 
 class Bus:
@@ -38,7 +39,7 @@ def test_fault_specs_parse_steps_ranges_and_actions():
 
 
 def test_training_faults_fire_once_per_step_unless_every():
-    once = faults.TrainingFaults(faults.parse("nan@2-3,spike@5:every,oom@7"))
+    once = faults.Faults(faults.parse("nan@2-3,spike@5:every,oom@7,grad-spike@9"))
     factors = [once.loss_factor(s) for s in (1, 2, 2, 3, 3)]
     assert [math.isnan(f) for f in factors] == [False, True, False, True, False]  # each step of the range once
     assert factors[0] == factors[2] == factors[4] == 1.0
@@ -46,14 +47,23 @@ def test_training_faults_fire_once_per_step_unless_every():
     with pytest.raises(torch.OutOfMemoryError):
         once.in_step(7)
     once.in_step(7)  # a retry of the same step succeeds
+    assert [once.gradient_factor(s) for s in (8, 9, 9)] == [1.0, faults.GRAD_SPIKE_FACTOR, 1.0]
+    assert not faults.NO_FAULTS and faults.NO_FAULTS.loss_factor(2) == 1.0
 
 
-def test_checkpoint_faults_raise_enospc(monkeypatch):
+def test_checkpoint_faults_raise_enospc_and_a_bad_spec_is_a_config_error(monkeypatch):
+    from llmc_cli.errors import ConfigError
+
     monkeypatch.setenv("LLMC_FAULTS", "checkpoint.write@4:enospc")
-    faults.hit("checkpoint.write", 3)
-    with pytest.raises(OSError) as caught:
-        faults.hit("checkpoint.write", 4)
-    assert caught.value.errno == errno.ENOSPC
+    injected = faults.Faults.from_env()
+    injected.at_checkpoint("checkpoint.write", 3)
+    for _ in range(2):  # every time the save reaches that point
+        with pytest.raises(OSError) as caught:
+            injected.at_checkpoint("checkpoint.write", 4)
+        assert caught.value.errno == errno.ENOSPC
+    monkeypatch.setenv("LLMC_FAULTS", "nan@x")
+    with pytest.raises(ConfigError, match="LLMC_FAULTS"):
+        faults.Faults.from_env()
 
 
 # ------------------------------------------------------------------------ classification
@@ -64,7 +74,7 @@ def test_checkpoint_faults_raise_enospc(monkeypatch):
         (RuntimeError(faults.CPU_OOM_MESSAGE), "oom-cpu"),
         (MemoryError(), "oom-cpu"),
         (DivergenceError("x"), "divergence"),
-        (faults.InjectedDataError("x"), "data"),
+        (UnreadableBatch("x"), "data"),
         (DataError("x"), "data"),
         (faults.InjectedError("x"), "other"),
         (KeyError("x"), "other"),
@@ -74,10 +84,19 @@ def test_classify(error, kind):
     assert classify(error) == kind
 
 
+def test_only_memory_and_unusable_batches_are_recoverable_inside_a_step():
+    assert recoverable(torch.OutOfMemoryError("CUDA out of memory")) == "oom-gpu"
+    assert recoverable(RuntimeError(faults.CPU_OOM_MESSAGE)) == "oom-cpu"
+    assert recoverable(UnreadableBatch("x")) == "data"
+    assert recoverable(DataError("x")) is None  # bad data found by validation is not skipped
+    assert recoverable(OutOfMemory("x")) is None  # recovery already gave up
+    assert recoverable(KeyError("x")) is None
+
+
 # ----------------------------------------------------------------------------- decisions
 def test_oom_halves_then_checkpoints_then_gives_up_keeping_the_effective_batch():
     bus = Bus()
-    recovery = Recovery(Budget(), bus, batch_size=4, grad_accum=2)
+    recovery = Recovery(Budget(), Journal(bus), batch_size=4, grad_accum=2)
     first = recovery.on_oom(3, "oom-gpu", "e", rows=4, checkpointing=False, evaluating=False)
     second = recovery.on_oom(3, "oom-gpu", "e", rows=4, checkpointing=False, evaluating=False)
     third = recovery.on_oom(3, "oom-gpu", "e", rows=4, checkpointing=False, evaluating=False)
@@ -88,19 +107,19 @@ def test_oom_halves_then_checkpoints_then_gives_up_keeping_the_effective_batch()
 
 
 def test_eval_oom_never_touches_the_training_split():
-    recovery = Recovery(Budget(), Bus(), batch_size=4, grad_accum=1)
+    recovery = Recovery(Budget(), Journal(Bus()), batch_size=4, grad_accum=1)
     recovery.on_oom(0, "oom-cpu", "e", rows=4, checkpointing=False, evaluating=True)
     assert (recovery.state.split, recovery.state.eval_split) == (1, 2)
 
 
 def test_nan_skips_then_rolls_back_and_budgets_are_bounded():
-    recovery = Recovery(Budget(nan_tolerance=3, max_rollbacks=1), Bus(), 4, 1)
+    recovery = Recovery(Budget(nan_tolerance=3, max_rollbacks=1), Journal(Bus()), 4, 1)
     assert [recovery.on_bad_step(s, "non-finite", math.nan, False) for s in (5, 6, 7)] == ["skip", "skip", "rollback"]
-    assert recovery.state.lr_scale == 0.5
+    assert recovery.state.rollbacks == 1
     recovery.on_good_step()
     with pytest.raises(DivergenceError, match="1 rollbacks did not help"):  # a new spike, budget spent
         recovery.on_bad_step(9, "spike", 40.0, False)
-    skips = Recovery(Budget(max_skipped_batches=2), Bus(), 4, 1)
+    skips = Recovery(Budget(max_skipped_batches=2), Journal(Bus()), 4, 1)
     skips.on_bad_step(1, "non-finite", math.nan, False)
     skips.on_good_step()
     skips.on_bad_step(2, "non-finite", math.nan, False)
@@ -110,7 +129,7 @@ def test_nan_skips_then_rolls_back_and_budgets_are_bounded():
 
 
 def test_a_spike_that_repeats_after_a_rollback_is_skipped():
-    recovery = Recovery(Budget(), Bus(), 4, 1)
+    recovery = Recovery(Budget(), Journal(Bus()), 4, 1)
     assert recovery.on_bad_step(12, "spike", 50.0, False) == "rollback"
     assert recovery.on_bad_step(12, "spike", 50.0, False) == "skip"
     assert recovery.state.skipped_steps == [12] and recovery.state.rollbacks == 1
@@ -152,21 +171,22 @@ def test_divergence_guard_flags_non_finite_and_spikes_but_not_noise():
     guard = DivergenceGuard()
     for i in range(30):
         loss = 2.0 - 0.02 * i + 0.05 * math.sin(i)
-        assert guard.check(loss) is None
+        assert guard.check(loss, 0.5) is None
         guard.record(loss)
-    assert guard.check(math.inf) == "non-finite"
-    assert guard.check(15.0) == "spike"
-    assert guard.check(2.5) is None  # higher than usual, not a spike
+    assert guard.check(math.inf, 0.5) == "non-finite"
+    assert guard.check(2.0, math.nan) == "non-finite"  # a finite loss with a broken gradient
+    assert guard.check(15.0, 0.5) == "spike"
+    assert guard.check(2.5, 0.5) is None  # higher than usual, not a spike
 
 
-def test_plateau_lowers_lr_after_patience_with_cooldown_and_floor():
-    plateau = PlateauLR(patience=2, factor=0.5, cooldown=1, floor=0.2)
-    factors = [plateau.observe(loss) for loss in (3.0, 2.0, 2.1, 2.2, 2.3, 2.4, 2.5, 2.6, 2.7, 2.8, 2.9)]
-    assert factors == [1.0, 1.0, 1.0, 0.5, 1.0, 1.0, 0.5, 1.0, 1.0, 0.8, 1.0]
-    assert plateau.scale == pytest.approx(0.2)
+def test_plateau_asks_for_a_lower_lr_after_patience_with_cooldown():
+    plateau = PlateauLR(patience=2, cooldown=1)
+    asks = [plateau.observe(loss) for loss in (3.0, 2.0, 2.1, 2.2, 2.3, 2.4, 2.5, 2.6, 1.0, 1.1)]
+    assert asks == [False, False, False, True, False, False, True, False, False, False]
     again = PlateauLR()
     again.load_state_dict(json.loads(json.dumps(plateau.state_dict())))
-    assert (again.scale, again.best) == (plateau.scale, plateau.best)
+    assert (again.best, again.bad_evals, again.cooling) == (plateau.best, plateau.bad_evals, plateau.cooling)
+    assert not any(PlateauLR(enabled=False, patience=1).observe(v) for v in (3.0, 3.0, 3.0))
 
 
 def test_early_stopping_counts_evals_without_improvement():
@@ -175,60 +195,79 @@ def test_early_stopping_counts_evals_without_improvement():
     assert (early.best, early.best_step) == (2.5, 4)
 
 
-def test_scale_lr_scales_now_and_every_later_step_of_the_schedule():
+def _schedule(lower_at: dict[int, tuple[str, float]], floor: float = 0.05):
+    """The LR of each of 20 steps of a real transformers cosine schedule, lowered at the given steps."""
     from transformers import get_scheduler
 
-    def schedule(factor_at):
-        param = torch.nn.Parameter(torch.zeros(1))
-        optimizer = torch.optim.AdamW([param], lr=1e-3)
-        scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=2, num_training_steps=20)
-        seen = []
-        for step in range(20):
-            if step == factor_at:
-                scale_lr(optimizer, scheduler, 0.5)
-            seen.append(optimizer.param_groups[0]["lr"])
-            optimizer.step()
-            scheduler.step()
-        return seen, scheduler
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=1e-3)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=2, num_training_steps=20)
+    lr = LearningRate(optimizer, scheduler, floor=floor)
+    seen = []
+    for step in range(20):
+        if step in lower_at:
+            lr.lower(*lower_at[step])
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        lr.step()
+    return seen, lr
 
-    reference, _ = schedule(factor_at=-1)
-    halved, scheduler = schedule(factor_at=6)
+
+def test_lowering_the_lr_scales_now_and_every_later_step_and_leaves_the_schedule_pure():
+    reference, _ = _schedule({})
+    halved, lr = _schedule({6: ("plateau", 0.5)})
     assert halved[:6] == reference[:6]
-    assert halved[6:] == pytest.approx([lr / 2 for lr in reference[6:]], rel=1e-12)
-    assert scheduler.state_dict()["base_lrs"] == [5e-4]  # saved with the checkpoint
+    assert halved[6:] == [value / 2 for value in reference[6:]]  # exact: x0.5 is exact in floating point
+    assert lr.scheduler.state_dict()["base_lrs"] == [1e-3]  # the planned schedule is untouched
+    assert lr.state_dict() == {"plateau": 0.5, "instability": 1.0, "rollback": 1.0}  # saved in checkpoints
+
+
+def test_the_controls_stop_at_the_floor_but_rollbacks_do_not():
+    _, lr = _schedule({2: ("plateau", 0.5), 3: ("instability", 0.5), 4: ("plateau", 0.5), 5: ("rollback", 0.5)}, 0.2)
+    assert lr.factors["plateau"] * lr.factors["instability"] == pytest.approx(0.2)  # 0.125 was refused: floor 0.2
+    assert lr.multiplier == pytest.approx(0.1)
+    assert lr.lower("plateau", 0.5) == 1.0 and lr.multiplier == pytest.approx(0.1)  # at the floor: no change
+
+
+def test_lr_state_round_trips_and_a_rollback_keeps_its_own_reduction():
+    _, lr = _schedule({3: ("plateau", 0.5), 8: ("rollback", 0.5)})
+    saved = {"plateau": 1.0, "instability": 1.0, "rollback": 1.0}  # a checkpoint from before both
+    lr.load_state_dict(saved, keep=("rollback",))
+    assert lr.multiplier == 0.5 and lr.current == lr.scheduler.get_last_lr()[0] * 0.5
+    lr.load_state_dict(saved)
+    assert lr.multiplier == 1.0 and lr.current == lr.scheduler.get_last_lr()[0]
+
+
+def test_instability_lowers_the_lr_on_exploding_gradients_and_oscillation_with_a_cooldown():
+    control = InstabilityLR(cooldown=50)
+    assert [control.observe(s, 2.0 - 0.01 * s, 0.5) for s in range(1, 21)] == [None] * 20
+    code, evidence = control.observe(21, 1.8, 80.0)
+    assert code == "exploding_gradients" and evidence["median"] == 0.5
+    assert control.observe(40, 1.8, 500.0) is None  # within the cooldown
+    restored = InstabilityLR()
+    restored.load_state_dict(json.loads(json.dumps(control.state_dict())))  # the checkpoint decides the same
+    decided = control.observe(71, 1.7, 900.0)
+    assert decided is not None and restored.observe(71, 1.7, 900.0) == decided
+    zigzag = InstabilityLR(cooldown=50)
+    found = [zigzag.observe(s, 4.0 + (-0.8 if s % 2 else 0.8), 0.5) for s in range(1, 51)]  # zig-zag, not falling
+    assert found[:-1] == [None] * 49 and found[-1][0] == "lr_too_high"
+    assert InstabilityLR(enabled=False).observe(1, 1.0, 1.0) is None
 
 
 # -------------------------------------------------------------------------------- report
 def test_failure_report_has_cause_metrics_actions_checkpoint_and_fixes(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text(
-        json.dumps({"type": "train", "step": 7, "loss": 2.5, "lr": 1e-4})
-        + "\n"
-        + json.dumps({"type": "eval", "step": 5, "eval_loss": 2.7})
-        + "\n"
+    action = {"step": 7, "cause": "non-finite", "action": "skipped-batch", "message": "skipped step 7", "settings": {}}
+    standing = Standing(
+        step=7,
+        last_train={"event": "StepEnded", "step": 7, "loss": 2.5, "lr": 1e-4, "examples": 8},
+        last_eval={"event": "EvalEnded", "step": 5, "eval_loss": 2.7},
+        actions=[action],
     )
-    action = Adjustment(step=7, cause="non-finite", action="skipped-batch", message="skipped step 7")
-    (tmp_path / "events.jsonl").write_text(json.dumps(action.to_dict()) + "\n")
-    text = write_failure_report(tmp_path, DivergenceError("The loss diverged.", hint="Lower --lr."))
+    text = write_failure_report(tmp_path, DivergenceError("The loss diverged.", hint="Lower --lr."), standing)
     report = json.loads((tmp_path / "failure.json").read_text())
     assert report["cause"] == "divergence" and report["exit_code"] == 7 and report["last_step"] == 7
     assert report["last_train"] == {"loss": 2.5, "lr": 1e-4} and report["last_eval"] == {"eval_loss": 2.7}
-    assert report["actions"][0]["action"] == "skipped-batch" and report["checkpoint"] is None
+    assert report["actions"] == [action] and report["checkpoint"] is None
     assert text.read_text() == render(report)
     assert "step 7: skipped step 7" in text.read_text() and "Lower the learning rate" in text.read_text()
-
-
-def test_stability_advice_acts_on_oscillation_and_exploding_gradients_with_a_cooldown():
-    from llmc_cli.engine.events import TrainingWarning
-    from llmc_cli.engine.stability import StabilityAdvice
-
-    advice = StabilityAdvice(cooldown=50)
-    advice(TrainingWarning("plateau", "flat"))
-    assert advice.take(10) is None
-    advice(TrainingWarning("lr_too_high", "oscillates"))
-    assert advice.take(11).code == "lr_too_high"
-    advice(TrainingWarning("exploding_gradients", "big"))
-    assert advice.take(30) is None  # within the cooldown: dropped
-    advice(TrainingWarning("exploding_gradients", "big"))
-    assert advice.take(61).code == "exploding_gradients"
-    plateau = PlateauLR(factor=0.5, floor=0.3)
-    assert [plateau.reduce(), plateau.reduce(), plateau.reduce()] == [0.5, pytest.approx(0.6), 1.0]
+    assert not list(tmp_path.glob("*.tmp"))  # written through the durable path

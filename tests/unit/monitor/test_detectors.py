@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from llmc_cli.engine.events import EvalEnded, StepEnded, SystemSampled, TrainingWarning
+from llmc_cli.events import EvalEnded, StepEnded, SystemSampled, TrainingWarning
 from llmc_cli.monitor.detectors import IssueMonitor
 
 

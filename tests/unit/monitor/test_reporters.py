@@ -5,8 +5,8 @@ import types
 
 import pytest
 
-from llmc_cli.engine.events import EvalEnded, RunEnded, StepEnded, SystemSampled
 from llmc_cli.errors import ConfigError
+from llmc_cli.events import EvalEnded, RunEnded, StepEnded, SystemSampled
 from llmc_cli.monitor import reporters
 
 STEP = StepEnded(3, 10, 0.3, 2.5, 1e-4, 0.7, 2048, 1200, 8, 900.0, 3.5, 3.0, 7.0, 1e-3)

@@ -2,7 +2,7 @@
 
 import time
 
-from llmc_cli.engine.events import SystemSampled
+from llmc_cli.events import SystemSampled
 from llmc_cli.monitor.system import SystemSampler
 
 

@@ -148,11 +148,19 @@ class EventBus:
     def __init__(self) -> None:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._subscribers: list[Subscriber] = []
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def subscribe(self, subscriber: Subscriber) -> None:
-        """Add a consumer; call before :meth:`start`."""
-        self._subscribers.append(subscriber)
+        """Add a consumer; it receives the events emitted from now on."""
+        with self._lock:
+            self._subscribers.append(subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        """Remove a consumer (no error if it is not subscribed, or was detached for failing)."""
+        with self._lock:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
 
     def start(self) -> EventBus:
         if self._thread is None:
@@ -184,11 +192,13 @@ class EventBus:
 
     def _dispatch(self) -> None:
         while (event := self._queue.get()) is not _STOP:
-            for subscriber in list(self._subscribers):
+            with self._lock:
+                subscribers = list(self._subscribers)
+            for subscriber in subscribers:
                 try:
                     subscriber(event)
                 except Exception as exc:  # a broken consumer must not stop training
-                    self._subscribers.remove(subscriber)
+                    self.unsubscribe(subscriber)
                     print(f"llmc: event consumer {subscriber!r} failed and was detached: {exc}", file=sys.stderr)
             self._queue.task_done()
         self._queue.task_done()

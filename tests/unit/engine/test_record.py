@@ -2,7 +2,7 @@
 
 import json
 
-from llmc_cli.monitor.records import by_step, read_metrics
+from llmc_cli.engine.record import by_step, read_metrics
 
 
 def test_resumed_run_keeps_the_records_after_the_resume_marker(tmp_path):
@@ -23,8 +23,8 @@ def test_resumed_run_keeps_the_records_after_the_resume_marker(tmp_path):
 
 
 def test_recorder_starts_a_fresh_line_after_a_torn_one(tmp_path):
-    from llmc_cli.engine.events import RunResumed
-    from llmc_cli.monitor.sinks import JsonlRecorder
+    from llmc_cli.engine.record import JsonlRecorder
+    from llmc_cli.events import RunResumed
 
     (tmp_path / "metrics.jsonl").write_text('{"type": "train", "step": 3, "loss": 9.9}\n{"type": "tr')
     recorder = JsonlRecorder(tmp_path)
@@ -32,12 +32,3 @@ def test_recorder_starts_a_fresh_line_after_a_torn_one(tmp_path):
     recorder.close()
     assert [r["type"] for r in read_metrics(tmp_path)] == ["train", "resume"]
     assert by_step(tmp_path) == {}
-
-
-def test_sparkline_scales_the_recent_curve():
-    from llmc_cli.monitor.dashboard import sparkline
-
-    assert sparkline([1.0]) == ""
-    assert sparkline([3.0, 2.0, 1.0]) == "█▅▁"
-    assert sparkline([5.0, float("nan"), 5.0]) == "▁▁"  # flat, and non-finite values skipped
-    assert len(sparkline(list(range(100)), width=40)) == 40

@@ -1,0 +1,119 @@
+"""The Python API: ``FineTuner(data_path, model="auto", preset="quality").train()``.
+
+It composes the engine with what watches a run: the engine trains and keeps the run's record;
+this layer attaches the trackers, issue detectors and system sampler the config asks for,
+and the caller's own subscribers (``llmc train`` attaches its dashboard here).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmc_cli.engine.plan import RunPlan, plan_run, user_layers
+from llmc_cli.engine.resume import ResumeTarget, find_target, plan_resume
+from llmc_cli.engine.rundir import start_run
+from llmc_cli.events import EventBus, Subscriber
+from llmc_cli.faults import Faults
+
+
+class FineTuner:
+    """Fine-tune a causal LM with LoRA and write a run directory.
+
+    Args:
+        data_path: Training data (.jsonl, .json, .csv, .parquet).
+        model: Local folder, hub id, family alias or "auto" (default when None).
+        preset: "highspeed", "quality" (default when None) or "bestaccuracy".
+        config_file: An ``llmc.toml`` to layer under the arguments.
+        env_file: A ``.env`` file to read (None to skip).
+        demo: Use the bundled demo data and a locally built model.
+        faults: Faults to inject (reliability tests); default: those in ``LLMC_FAULTS``, if any.
+        **overrides: Any config key (``lr=1e-4``, ``max_steps=30``, ``lora_r=8`` ...).
+
+    Example:
+        >>> run_dir = FineTuner("data.jsonl", model="./tiny-llama", preset="highspeed", max_steps=30).train()
+    """
+
+    def __init__(
+        self,
+        data_path: str | Path | None = None,
+        model: str | None = None,
+        preset: str | None = None,
+        *,
+        config_file: str | Path | None = None,
+        env_file: str | Path | None = ".env",
+        demo: bool = False,
+        faults: Faults | None = None,
+        **overrides: Any,
+    ) -> None:
+        flags = {"data": data_path, "model": model, "preset": preset, **overrides}
+        self._layers = user_layers(
+            flags,
+            config_file=Path(config_file) if config_file is not None else None,
+            env_file=Path(env_file) if env_file is not None else None,
+            demo=demo,
+        )
+        self._subscribers: list[Subscriber] = []
+        self._plan: RunPlan | None = None
+        self._resume: ResumeTarget | None = None
+        self._faults = faults
+
+    @classmethod
+    def resume(
+        cls, run: str | Path, checkpoint: str = "latest", output: str | Path = "runs", faults: Faults | None = None
+    ) -> FineTuner:
+        """Continue a run from a checkpoint, with the run's own config.
+
+        Args:
+            run: ``run-42``, ``42``, a run name under ``output``, or a run directory.
+            checkpoint: ``latest``, ``best``, ``step-N`` or a checkpoint directory. One that
+                fails verification is refused and the newest older valid one is used.
+            output: Where runs given by name live.
+
+        Raises:
+            CheckpointError: no run, no checkpoint, or none that verifies.
+        """
+        tuner = cls.__new__(cls)
+        tuner._layers, tuner._subscribers, tuner._faults = [], [], faults
+        tuner._resume = find_target(run, checkpoint, Path(output))
+        tuner._plan = plan_resume(tuner._resume)
+        return tuner
+
+    @property
+    def resume_target(self) -> ResumeTarget | None:
+        """The run and checkpoint a resumed tuner continues from (None for a new run)."""
+        return self._resume
+
+    def subscribe(self, subscriber: Subscriber) -> FineTuner:
+        """Receive every event of the run (called from the event thread)."""
+        self._subscribers.append(subscriber)
+        return self
+
+    def plan(self) -> RunPlan:
+        """Resolve config, validate data and locate the model, without loading weights."""
+        if self._plan is None:
+            self._plan = plan_run(self._layers)
+        return self._plan
+
+    def train(self) -> Path:
+        """Run training to the end and return the run directory.
+
+        Raises:
+            LlmcError: bad config, data or model (before a run directory exists), or a failure
+                during training (its failure report named by ``error.report``); RunInterrupted
+                after SIGINT/SIGTERM (a checkpoint is saved; ``FineTuner.resume(run_dir)`` continues).
+        """
+        from llmc_cli.engine.run import train
+        from llmc_cli.monitor.attach import observe
+        from llmc_cli.monitor.reporters import check_installed
+
+        plan = self.plan()
+        config = plan.resolved.config
+        check_installed(config.run.report_to)  # before a run directory exists
+        faults = self._faults if self._faults is not None else Faults.from_env()
+        run_dir = self._resume.run_dir if self._resume is not None else start_run(plan)
+        bus = EventBus()
+        for subscriber in self._subscribers:
+            bus.subscribe(subscriber)
+        with observe(bus, run_dir, config):
+            return train(plan, run_dir, bus, resume=self._resume, faults=faults)

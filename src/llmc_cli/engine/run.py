@@ -1,0 +1,138 @@
+"""One training run, start to end: the engine's entry point.
+
+:func:`train` opens the session, continues from a checkpoint when resuming, runs the loop,
+saves the adapter (and merged weights), and always leaves ``summary.json`` and the run's
+record behind; a failure also leaves a resumable checkpoint and a failure report. The caller
+creates the run directory and the event bus and attaches what watches the run (a dashboard,
+trackers, a tuner's pruning reporter); the engine attaches only the run's own record.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmc_cli.durable import write_json
+from llmc_cli.engine import export
+from llmc_cli.engine.failure import Standing, write_failure_report
+from llmc_cli.engine.interrupt import StopRequest
+from llmc_cli.engine.plan import RunPlan
+from llmc_cli.engine.record import JsonlRecorder
+from llmc_cli.engine.recovery import free_memory
+from llmc_cli.engine.resume import ResumeTarget
+from llmc_cli.engine.summary import FitResult, build_summary
+from llmc_cli.errors import LlmcError, RunInterrupted, UnexpectedFailure
+from llmc_cli.events import EventBus, RunEnded, RunResumed, TrainingWarning
+from llmc_cli.faults import NO_FAULTS, Faults
+
+
+@dataclass
+class _Outcome:
+    status: str = "failed"
+    facts: dict[str, Any] | None = None
+    result: FitResult | None = None
+    adapter_dir: Path | None = None
+    loop: Any = None  # the Loop, once training has started
+
+
+def train(
+    plan: RunPlan, run_dir: Path, bus: EventBus, *, resume: ResumeTarget | None = None, faults: Faults = NO_FAULTS
+) -> Path:
+    """Train as ``plan`` says into ``run_dir``, emitting events on ``bus``; returns ``run_dir``.
+
+    Raises:
+        LlmcError: a failure with its exit code (``failure.txt`` written, state saved);
+            RunInterrupted after SIGINT/SIGTERM (a checkpoint saved; ``llmc resume`` continues).
+    """
+    started = time.perf_counter()
+    record = JsonlRecorder(run_dir)
+    bus.subscribe(record)
+    bus.start()
+    outcome = _Outcome()
+    error: BaseException | None = None
+    try:
+        with StopRequest() as stop:
+            _run(plan, run_dir, bus, stop, resume, faults, outcome)
+    except BaseException as exc:
+        error = exc
+        if isinstance(exc, RunInterrupted):
+            outcome.status = "interrupted"
+        elif isinstance(exc, Exception):  # (a second Ctrl-C goes straight out)
+            error = _report_failure(run_dir, exc, outcome.loop)
+            if error is not exc:
+                raise error from exc
+        raise
+    finally:
+        summary = build_summary(
+            outcome.status, run_dir, time.perf_counter() - started, outcome.facts or {}, outcome.result,
+            outcome.adapter_dir, error,
+        )  # fmt: skip
+        write_json(run_dir / "summary.json", summary)
+        bus.emit(RunEnded(outcome.status, str(run_dir), summary["adapter_dir"], summary))
+        bus.flush()
+        bus.unsubscribe(record)
+        record.close()
+    return run_dir
+
+
+def _run(plan, run_dir, bus, stop, resume, faults, outcome: _Outcome) -> None:
+    from llmc_cli.engine.loop import Loop
+    from llmc_cli.engine.session import open_session
+    from llmc_cli.engine.snapshot import load_checkpoint
+
+    config = plan.resolved.config
+    session = open_session(plan, run_dir, bus)
+    outcome.facts = session.describe()
+    if config.model.optimize_memory:
+        free_memory()  # what loading and tokenising left behind
+    bus.emit(session.started_event())
+    outcome.loop = loop = Loop(session, bus, stop, faults)
+    restored = None
+    if resume is not None:
+        restored = load_checkpoint(session, resume.checkpoint)
+        refused = [f"{v.path.name}: {v.reason()}" for v in resume.refused]
+        for line in refused:
+            bus.emit(TrainingWarning("checkpoint", f"Refused checkpoint {line}"))
+        bus.emit(RunResumed(restored.state.position.step, str(resume.checkpoint), refused))
+    outcome.result = loop.fit(restored)
+    if config.model.optimize_memory:
+        free_memory()  # training's buffers, before export (and a second copy of the model to merge)
+    outcome.adapter_dir = export.save_adapter(session, run_dir / "final")
+    if config.run.merge:
+        outcome.facts["merged_dir"] = str(export.merge(session, outcome.adapter_dir, run_dir / "merged"))
+    outcome.status = "completed"
+
+
+def _report_failure(run_dir: Path, exc: Exception, loop) -> LlmcError:
+    """Keep a resumable state, write the failure report, and return the error to raise."""
+    try:
+        saved = loop.save_for_failure(exc) if loop is not None else None
+    except Exception:  # the report matters more than this save
+        saved = None
+    report = write_failure_report(run_dir, exc, _standing(loop), saved)
+    error = exc
+    if not isinstance(exc, LlmcError):
+        error = UnexpectedFailure(
+            f"Training stopped on an error llmc has no recovery for: {type(exc).__name__}: {exc}. "
+            f"State saved as {saved or 'no checkpoint'}.",
+            hint=f"Read {report}, then continue with `llmc resume {run_dir}`; "
+            "run with LLMC_DEBUG=1 to see the traceback.",
+        )
+    error.report = report
+    return error
+
+
+def _standing(loop) -> Standing:
+    """Where the run stood, from the loop's memory (its last log line and evaluation, or the checkpoint's)."""
+    if loop is None:
+        return Standing()
+    progress = loop.state.progress
+    last_train = loop.last_logged.to_dict() if loop.last_logged else None
+    if last_train is None and progress.last_train_loss is not None:
+        last_train = {"loss": progress.last_train_loss}
+    last_eval = loop.evaluate.last.to_dict() if loop.evaluate.last else None
+    if last_eval is None and progress.eval_history:
+        last_eval = {"eval_loss": progress.eval_history[-1][1]}
+    return Standing(loop.state.step, last_train, last_eval, list(loop.state.journal.entries))

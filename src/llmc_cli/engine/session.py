@@ -1,0 +1,252 @@
+"""A training session: everything a run trains with, built once from its plan.
+
+:func:`open_session` chooses precision for the hardware, loads the tokenizer, the data rows,
+the model and its LoRA adapter, builds the optimizer, the schedule and the loaders, prepares
+them with accelerate and checks the fast paths (fused loss, packed attention) against the
+stock ones. The :class:`Session` it returns is complete: the loop, evaluation, checkpoints
+and rollback read from it and never build anything themselves.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmc_cli.config.schema import RunConfig
+from llmc_cli.data.dataset import Rows, build_rows, rows_fingerprint
+from llmc_cli.data.packing import Collator
+from llmc_cli.data.templates import ensure_chat_template
+from llmc_cli.engine.loss import TokenLoss, model_inputs
+from llmc_cli.engine.plan import RunPlan
+from llmc_cli.errors import DataError
+from llmc_cli.events import EventBus, RunStarted, TrainingWarning
+from llmc_cli.models.loading import BILLION, add_lora, load_base_model, load_tokenizer, parameter_count
+from llmc_cli.optimize.allocator import keep_freed_memory
+from llmc_cli.optimize.attention import NAME as PACKED_ATTENTION
+from llmc_cli.optimize.attention import matches_stock_attention, use_packed_attention
+from llmc_cli.optimize.dropout import use_fast_lora_dropout
+from llmc_cli.optimize.hardware import Hardware, choose_precision, detect
+
+ACCELERATE_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
+EVAL_SHARE = 0.25  # evaluation may cost up to this share of the training compute
+
+
+@dataclass
+class Session:
+    """The objects and facts of one training session (one process)."""
+
+    plan: RunPlan
+    run_dir: Path
+    hardware: Hardware
+    precision: str
+    precision_reason: str
+    accelerator: Any
+    tokenizer: Any
+    template_origin: str
+    rows: Rows
+    data_fingerprint: str
+    model: Any  # prepared by accelerate (possibly wrapped)
+    params: list[torch.nn.Parameter]  # the trainable ones
+    optimizer: Any
+    scheduler: Any  # the planned schedule; the LR's owner multiplies it (engine/lr.py)
+    train_loader: Any
+    eval_loader: Any
+    loss: TokenLoss
+    attention: str
+    gradient_checkpointing: bool
+    fast_dropout: bool
+    kept_freed_memory: bool
+    total_params: int
+    trainable_params: int
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int
+
+    @property
+    def config(self) -> RunConfig:
+        return self.plan.resolved.config
+
+    def unwrapped(self):
+        """The PEFT model under accelerate's wrappers."""
+        return self.accelerator.unwrap_model(self.model)
+
+    def enable_gradient_checkpointing(self) -> None:
+        model = self.unwrapped()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        self.gradient_checkpointing = True
+
+    def checkpoint_facts(self, batches_in_epoch: int) -> dict[str, Any]:
+        """What a checkpoint's manifest records about where it came from."""
+        return {
+            "epoch_fraction": batches_in_epoch / max(1, len(self.train_loader)),
+            "data_fingerprint": self.data_fingerprint,
+            "model": self.plan.source.location,
+            "workdir": os.getcwd(),
+        }
+
+    def started_event(self) -> RunStarted:
+        return RunStarted(
+            run_dir=str(self.run_dir),
+            model=self.plan.source.location,
+            family=self.plan.source.family.name,
+            precision=self.precision,
+            device=self.hardware.device_name,
+            total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            train_examples=self.rows.train_report.kept,
+            val_examples=self.rows.val_report.kept,
+            train_rows=len(self.rows.train),
+            trainable_params=self.trainable_params,
+            total_params=self.total_params,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Run facts for the summary."""
+        return {
+            "model": self.plan.source.location,
+            "model_reason": self.plan.source.reason,
+            "family": self.plan.source.family.name,
+            "device": self.hardware.device_name,
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "fused_loss": self.loss.fused,
+            "fast_lora_dropout": self.fast_dropout,
+            "allocator_keeps_freed_memory": self.kept_freed_memory,
+            "attention": self.attention,
+            "fused_loss_reason": self.loss.reason,
+            "chat_template": self.template_origin,
+            "data_format": self.plan.data.format,
+            "validation": self.plan.data.val_source,
+            "total_params": self.total_params,
+            "trainable_params": self.trainable_params,
+            "train_rows": len(self.rows.train),
+            "data": {"train": vars(self.rows.train_report), "val": vars(self.rows.val_report)},
+        }
+
+
+def open_session(plan: RunPlan, run_dir: Path, bus: EventBus) -> Session:
+    """Build everything the run trains with; warnings (data notes, slower fallbacks) go to ``bus``."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from transformers import get_scheduler
+
+    cfg = plan.resolved.config
+    hardware = detect()
+    precision, precision_reason = choose_precision(cfg.model.precision, cfg.model.enable_mixed_precision, hardware)
+    on_cpu = hardware.device == "cpu"
+    accelerator = Accelerator(
+        cpu=on_cpu,
+        mixed_precision=ACCELERATE_PRECISION[precision],
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(cfg.training.seed)
+    kept_freed_memory = on_cpu and keep_freed_memory()
+
+    tokenizer = load_tokenizer(plan.source)
+    template_origin = ensure_chat_template(tokenizer, plan.source.family)
+    rows = _build_rows(plan, tokenizer, bus)
+
+    base = load_base_model(plan.source, precision, cfg.model.quantize)
+    stock_attention = use_packed_attention(base) if cfg.data.packing else None
+    total_params = parameter_count(base)
+    checkpointing = cfg.model.enable_gradient_checkpointing
+    checkpointing = total_params >= BILLION if checkpointing == "auto" else checkpointing
+    model = add_lora(base, cfg.lora, checkpointing, cfg.model.quantize != "none")
+    fast_dropout = on_cpu and use_fast_lora_dropout(model) > 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
+
+    collate = Collator(tokenizer.pad_token_id, packed=cfg.data.packing)
+    t = cfg.training
+    generator = torch.Generator().manual_seed(t.seed)
+    train_loader = DataLoader(rows.train, t.batch_size, shuffle=True, collate_fn=collate, generator=generator)
+    eval_loader = DataLoader(rows.val, t.batch_size, collate_fn=collate)
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+
+    loss = TokenLoss(model)
+    sample = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in collate(rows.train[:1]).items()}
+    attention = getattr(base.config, "_attn_implementation", "unknown")
+    with accelerator.autocast():
+        if not loss.verify(model, sample, rtol=1e-4 if precision == "fp32" else 2e-2):
+            bus.emit(TrainingWarning("loss", f"Using full-vocabulary logits: {loss.reason}."))
+        if stock_attention:
+            atol = 1e-3 if precision == "fp32" else 5e-2
+            if matches_stock_attention(model, base, model_inputs(sample), stock_attention, atol):
+                attention = PACKED_ATTENTION
+            else:
+                attention = stock_attention
+                bus.emit(TrainingWarning("attention", f"Packed attention differs on this model; using {attention}."))
+
+    steps_per_epoch = max(1, math.ceil(len(train_loader) / t.grad_accum))
+    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    eval_every = t.eval_every or default_eval_interval(
+        total_steps, rows.train_report.tokens / steps_per_epoch, rows.val_report.tokens
+    )
+    # Not prepared: accelerate would step it once per process; this one steps once per update.
+    scheduler = get_scheduler(
+        "constant_with_warmup" if t.scheduler == "constant" else t.scheduler,
+        optimizer,
+        num_warmup_steps=round(t.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    return Session(
+        plan=plan,
+        run_dir=run_dir,
+        hardware=hardware,
+        precision=precision,
+        precision_reason=precision_reason,
+        accelerator=accelerator,
+        tokenizer=tokenizer,
+        template_origin=template_origin,
+        rows=rows,
+        data_fingerprint=rows_fingerprint(rows.train),
+        model=model,
+        params=params,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_loader=train_loader,
+        eval_loader=eval_loader,
+        loss=loss,
+        attention=attention,
+        gradient_checkpointing=checkpointing,
+        fast_dropout=fast_dropout,
+        kept_freed_memory=kept_freed_memory,
+        total_params=total_params,
+        trainable_params=sum(p.numel() for p in params),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        eval_every=eval_every,
+    )
+
+
+def _build_rows(plan: RunPlan, tokenizer, bus: EventBus) -> Rows:
+    cfg = plan.resolved.config
+    rows = build_rows(tokenizer, plan.data, cfg.data, cfg.training.seed)
+    for note in plan.notes + rows.train_report.warnings(cfg.data.max_length):
+        bus.emit(TrainingWarning("data", note))
+    if not rows.train:
+        raise DataError(
+            f"No training example is left after tokenisation ({rows.train_report.examples} read).",
+            hint="Raise --max-length, use --overlong truncate, or check that responses are not empty.",
+        )
+    return rows
+
+
+def default_eval_interval(total_steps: int, tokens_per_step: float, val_tokens: int) -> int:
+    """Steps between evaluations: ten per run, fewer when the validation set is large next to the run.
+
+    A forward pass costs about a third of a training step per token, so evaluating
+    ``val_tokens`` costs ``val_tokens / 3`` training tokens. The evaluation at step 0 and the
+    one at the end always happen; an interval of ``total_steps`` means no others.
+    """
+    affordable = int(EVAL_SHARE * 3 * total_steps * tokens_per_step / max(val_tokens, 1))
+    evaluations = min(10, max(1, affordable - 1))  # scheduled ones, the final one included
+    return max(1, math.ceil(total_steps / evaluations))
