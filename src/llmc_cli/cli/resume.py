@@ -8,13 +8,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from llmc_cli.cli.train import DashboardOpt, execute, quiet_libraries
-
-OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Folder that holds the run directories.")]
+from llmc_cli.cli.options import DashboardOpt, OutputOpt, RunArg
+from llmc_cli.cli.train import execute, quiet_libraries
 
 
 def resume(
-    run: Annotated[str, typer.Argument(help="run-42, 42, a run name, or the run's directory.")],
+    run: RunArg,
     source: Annotated[
         str, typer.Option("--from", help="latest, best, step-N, or a checkpoint directory.", show_default=True)
     ] = "latest",

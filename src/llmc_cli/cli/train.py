@@ -10,12 +10,18 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 
-from llmc_cli.cli.options import ConfigOpt, DataOpt, ModelOpt, PresetOpt
-from llmc_cli.config.schema import DataFormat, Overlong, Precision, Quantize, describe
+from llmc_cli.cli.options import ConfigOpt, DashboardOpt, DataOpt, ModelOpt, PresetOpt
+from llmc_cli.config.schema import FIELD_SECTION, DataFormat, Overlong, Precision, Quantize, describe
 
 
 def _opt(key: str, *names: str, **kwargs):
+    """A flag for config key ``key``: the parameter must be named ``key`` too (see ``config_flags``)."""
     return typer.Option(*names, help=describe(key), show_default=False, **kwargs)
+
+
+def config_flags(arguments: dict) -> dict:
+    """The config keys among a command's arguments (its parameters are named after the keys)."""
+    return {key: value for key, value in arguments.items() if key in FIELD_SECTION}
 
 
 def train(
@@ -38,7 +44,7 @@ def train(
     target_modules: Annotated[str | None, _opt("target_modules", "--target-modules")] = None,
     quantize: Annotated[Quantize | None, _opt("quantize", "--quantize")] = None,
     precision: Annotated[Precision | None, _opt("precision", "--precision")] = None,
-    data_format: Annotated[DataFormat | None, _opt("format", "--format")] = None,
+    format: Annotated[DataFormat | None, _opt("format", "--format")] = None,  # noqa: A002 - the config key
     overlong: Annotated[Overlong | None, _opt("overlong", "--overlong")] = None,
     limit: Annotated[int | None, _opt("limit", "--limit")] = None,
     val_data: Annotated[Path | None, _opt("val_data", "--val-data")] = None,
@@ -52,7 +58,7 @@ def train(
     checkpoint_interval: Annotated[int | None, _opt("checkpoint_interval", "--checkpoint-interval")] = None,
     checkpoint_minutes: Annotated[float | None, _opt("checkpoint_minutes", "--checkpoint-minutes")] = None,
     max_checkpoints: Annotated[int | None, _opt("max_checkpoints", "--max-checkpoints")] = None,
-    keep_best: Annotated[int | None, _opt("keep_best_checkpoints", "--keep-best")] = None,
+    keep_best_checkpoints: Annotated[int | None, _opt("keep_best_checkpoints", "--keep-best")] = None,
     report_to: Annotated[str | None, _opt("report_to", "--report-to")] = None,
     dashboard: DashboardOpt = True,
 ) -> None:
@@ -66,16 +72,7 @@ def train(
 
       llmc train --data chat.jsonl --model qwen --preset bestaccuracy --quantize 4bit --merge
     """
-    flags = {
-        "data": data, "model": model, "preset": preset, "epochs": epochs, "max_steps": max_steps, "lr": lr,
-        "batch_size": batch_size, "grad_accum": grad_accum, "max_length": max_length, "lora_r": lora_r,
-        "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "target_modules": target_modules,
-        "quantize": quantize, "precision": precision, "format": data_format, "overlong": overlong, "limit": limit,
-        "val_data": val_data, "eval_every": eval_every, "seed": seed, "output": output, "run_name": run_name,
-        "train_on_prompt": train_on_prompt, "packing": packing, "merge": merge,
-        "checkpoint_interval": checkpoint_interval, "checkpoint_minutes": checkpoint_minutes,
-        "max_checkpoints": max_checkpoints, "keep_best_checkpoints": keep_best, "report_to": report_to,
-    }  # fmt: skip
+    flags = config_flags(locals())  # before any other local exists
     console = Console()
     with console.status("Loading the training engine..."):
         quiet_libraries()
@@ -85,11 +82,6 @@ def train(
     with console.status("Checking configuration, data and model..."):
         tuner.plan()
     execute(tuner, console, dashboard)
-
-
-DashboardOpt = Annotated[
-    bool, typer.Option("--dashboard/--no-dashboard", help="Live dashboard on a terminal, or one log line per step.")
-]
 
 
 def execute(tuner, console: Console, dashboard: bool = True) -> None:
