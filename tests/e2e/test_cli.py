@@ -109,6 +109,12 @@ BAD = '{"question": "What is 1+1?", "answer": "2"}\n{"question": "broken", "answ
             "unknown key 'lora_rank' (did you mean 'lora_r'?)",
         ),
         ({}, ["--max-steps", "3"], 2, "No training data given."),
+        (
+            {"d.jsonl": '{"question": "q", "answer": "a"}\n', "llmc.toml": "compile_model = true\n"},
+            ["--data", "d.jsonl", "--config", "llmc.toml"],
+            2,
+            "compile_model = True (from toml:llmc.toml): Value error, not available yet",
+        ),
     ],
 )
 def test_bad_input_gets_one_message_and_no_traceback(llmc, tmp_path, files, args, code, message):

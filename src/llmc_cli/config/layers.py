@@ -103,7 +103,10 @@ def toml_layer(path: Path) -> Layer:
         raise ConfigError(f"{path} is not valid TOML: {exc}.", hint="Fix the line named above.") from exc
     values: dict[str, Any] = {}
     problems = []
-    for key, value in raw.items():
+    for name, value in raw.items():
+        # The settings source reports a top-level key that has several environment names
+        # (checkpoint_interval: LLMC_CHECKPOINT_INTERVAL or CHECKPOINT_INTERVAL) by its first one.
+        key = _ALIAS_TO_KEY.get(name.lower(), name)
         if key in SECTIONS and isinstance(value, dict):
             for inner, inner_value in value.items():
                 if FIELD_SECTION.get(inner) != key:

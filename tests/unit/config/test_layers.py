@@ -101,3 +101,33 @@ def test_llmc_toml_in_the_working_directory_is_read_unless_another_is_named(tmp_
 
     assert resolve(user_layers({}, env_file=None)).config.lora.lora_r == 4
     assert resolve(user_layers({}, config_file=other, env_file=None)).config.lora.lora_r == 2
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [("COMPILE_MODEL", "true"), ("ENABLE_HYPERPARAMETER_TUNING", "true"), ("HYPERPARAMETER_TRIALS", "20"),
+     ("ENABLE_DISTRIBUTED_TRAINING", "true")],
+)  # fmt: skip
+def test_keys_of_features_not_built_yet_are_refused_not_ignored(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        resolve(env_layers(None))
+    message = str(caught.value)
+    assert f"{name.lower()} = '{value}' (from env:{name})" in message and "not available yet" in message
+
+
+def test_the_specifications_env_file_with_its_defaults_is_accepted(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        "COMPILE_MODEL=false\nOPTIMIZE_MEMORY=true\nENABLE_HYPERPARAMETER_TUNING=false\nHYPERPARAMETER_TRIALS=10\n"
+        "ENABLE_DISTRIBUTED_TRAINING=false\n"
+    )
+    config = resolve(env_layers(dotenv)).config
+    assert (config.model.compile_model, config.run.hyperparameter_trials) == (False, 10)
+
+
+def test_top_level_keys_with_a_specification_name_are_read_from_toml(tmp_path):
+    toml = tmp_path / "llmc.toml"
+    toml.write_text("checkpoint_interval = 5\nenable_monitoring = false\nlora_r = 4\n")
+    config = resolve([toml_layer(toml)]).config
+    assert (config.run.checkpoint_interval, config.run.enable_monitoring, config.lora.lora_r) == (5, False, 4)
