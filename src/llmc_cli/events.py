@@ -106,7 +106,7 @@ class Adjustment(Event):
     """A change the engine made on its own: recovery from a failure, or a training control."""
 
     step: int
-    cause: str  # oom-gpu, oom-cpu, non-finite, spike, data, checkpoint, plateau, early-stopping
+    cause: str  # oom-gpu, oom-cpu, non-finite, spike, data, checkpoint, plateau, instability, early-stopping
     action: str  # halved-micro-batch, gradient-checkpointing, skipped-batch, rolled-back, lowered-lr, ...
     message: str
     settings: dict[str, Any] = field(default_factory=dict)  # micro-batch, accumulation, LR scale ... after it

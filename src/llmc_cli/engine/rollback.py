@@ -47,14 +47,10 @@ class Rewind:
         target, refused = self.last_good(need.step)
         for line in refused:
             self.state.recovery.act_checkpoint(need.step, line)
-        resume, source = (
-            (self._from_origin(), "start of this session")
-            if target is None
-            else (
-                load_checkpoint(self.session, target),
-                str(target),
-            )
-        )
+        if target is None:
+            resume, source = self._from_origin(), "start of this session"
+        else:
+            resume, source = load_checkpoint(self.session, target), str(target)
         self.state.adopt(resume.state, rollback=True)
         self.state.lr.lower("rollback", ROLLBACK_LR_FACTOR)
         self.bus.emit(RolledBack(step=resume.state.position.step, from_step=need.step, source=source))

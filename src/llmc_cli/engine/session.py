@@ -173,23 +173,8 @@ def open_session(plan: RunPlan, run_dir: Path, bus: EventBus) -> Session:
 
     loss = TokenLoss(model)
     sample = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in collate(rows.train[:1]).items()}
-    attention = getattr(base.config, "_attn_implementation", "unknown")
-    with accelerator.autocast():
-        if not loss.verify(model, sample, rtol=1e-4 if precision == "fp32" else 2e-2):
-            bus.emit(TrainingWarning("loss", f"Using full-vocabulary logits: {loss.reason}."))
-        if stock_attention:
-            atol = 1e-3 if precision == "fp32" else 5e-2
-            if matches_stock_attention(model, base, model_inputs(sample), stock_attention, atol):
-                attention = PACKED_ATTENTION
-            else:
-                attention = stock_attention
-                bus.emit(TrainingWarning("attention", f"Packed attention differs on this model; using {attention}."))
-
-    steps_per_epoch = max(1, math.ceil(len(train_loader) / t.grad_accum))
-    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
-    eval_every = t.eval_every or default_eval_interval(
-        total_steps, rows.train_report.tokens / steps_per_epoch, rows.val_report.tokens
-    )
+    attention = _check_fast_paths(accelerator, model, base, loss, sample, precision, stock_attention, bus)
+    steps_per_epoch, total_steps, eval_every = _plan_steps(t, len(train_loader), rows)
     # Not prepared: accelerate would step it once per process; this one steps once per update.
     scheduler = get_scheduler(
         "constant_with_warmup" if t.scheduler == "constant" else t.scheduler,
@@ -225,6 +210,33 @@ def open_session(plan: RunPlan, run_dir: Path, bus: EventBus) -> Session:
         total_steps=total_steps,
         eval_every=eval_every,
     )
+
+
+def _check_fast_paths(accelerator, model, base, loss, sample, precision, stock_attention, bus: EventBus) -> str:
+    """Compare the fused loss and packed attention with the stock paths on a real batch; a path that
+    differs on this model is turned off with a warning. Returns the attention in use."""
+    attention = getattr(base.config, "_attn_implementation", "unknown")
+    with accelerator.autocast():
+        if not loss.verify(model, sample, rtol=1e-4 if precision == "fp32" else 2e-2):
+            bus.emit(TrainingWarning("loss", f"Using full-vocabulary logits: {loss.reason}."))
+        if stock_attention:
+            atol = 1e-3 if precision == "fp32" else 5e-2
+            if matches_stock_attention(model, base, model_inputs(sample), stock_attention, atol):
+                attention = PACKED_ATTENTION
+            else:
+                attention = stock_attention
+                bus.emit(TrainingWarning("attention", f"Packed attention differs on this model; using {attention}."))
+    return attention
+
+
+def _plan_steps(training, batches_per_epoch: int, rows: Rows) -> tuple[int, int, int]:
+    """Optimizer steps per epoch, in the run, and between evaluations."""
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / training.grad_accum))
+    total_steps = training.max_steps or max(1, math.ceil(training.epochs * steps_per_epoch))
+    eval_every = training.eval_every or default_eval_interval(
+        total_steps, rows.train_report.tokens / steps_per_epoch, rows.val_report.tokens
+    )
+    return steps_per_epoch, total_steps, eval_every
 
 
 def _build_rows(plan: RunPlan, tokenizer, bus: EventBus) -> Rows:

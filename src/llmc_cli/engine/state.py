@@ -26,6 +26,8 @@ from llmc_cli.events import EventBus
 
 
 class RunState:
+    """The loop's changing state and the objects that change it, built for one session."""
+
     def __init__(self, session: Session, bus: EventBus) -> None:
         cfg = session.config
         run, training = cfg.run, cfg.training
