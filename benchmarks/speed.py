@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                      # 3 interleaved rounds, prints a markdown table
     python benchmarks/speed.py --rounds 1 --only hf,llmc --json out.json
+    python benchmarks/speed.py --only llmc,llmc-base --base-src /tmp/llmc-before/src   # A/B two llmc trees
 
 Same work for every contender (issue 3): the first 256 examples of GSM8K train, prompt tokens
 masked, a mini TinyLlama-shaped Llama (hidden 512, 4 layers, 8 heads, 4 KV heads, MLP 1408,
@@ -59,6 +60,7 @@ CONTENDERS = {
     "hf": "(a) HF Trainer + PEFT, DataCollatorForSeq2Seq, fp32",
     "trl": "(b) TRL SFTTrainer, packing, bf16",
     "llmc": "(c) llmc, defaults for this hardware",
+    "llmc-base": "(c') llmc from --base-src (another commit), defaults for this hardware",
 }
 
 
@@ -248,6 +250,7 @@ class _TimeBudget:
 
 
 def _llmc(facts: dict, out: Path) -> dict:
+    import llmc_cli
     from llmc_cli import FineTuner
 
     run_dir = FineTuner(
@@ -276,6 +279,7 @@ def _llmc(facts: dict, out: Path) -> dict:
         "llmc_eval_loss": summary["final_eval_loss"],
         "precision": summary["precision"],
         "fused_loss": summary["fused_loss"],
+        "llmc_source": str(Path(llmc_cli.__file__).parent),
     }
 
 
@@ -303,7 +307,7 @@ def worker(kind: str, work: Path, round_index: int) -> None:
     facts = json.loads((work / "facts.json").read_text())
     rows = json.loads((work / "rows.json").read_text())
     out = work / f"{kind}-{round_index}"
-    result = _llmc(facts, out) if kind == "llmc" else _hf_like(kind, facts, rows, out)
+    result = _llmc(facts, out) if kind.startswith("llmc") else _hf_like(kind, facts, rows, out)
     result["wall_s"] = time.perf_counter() - process_started
     result["peak_rss_mb"] = _peak_rss_mb()
     import torch
@@ -336,6 +340,9 @@ def main() -> None:
         default=120.0,
         help="stop (b) after this many seconds of training; its tokens/s covers the steps it made",
     )
+    parser.add_argument(
+        "--base-src", type=Path, help="for llmc-base: a src/ folder of another llmc commit (git archive it there)"
+    )
     parser.add_argument("--worker", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
     parser.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -343,6 +350,8 @@ def main() -> None:
         return worker(args.worker, args.work, args.round)
 
     kinds = [k.strip() for k in args.only.split(",") if k.strip()]
+    if "llmc-base" in kinds and not (args.base_src and (args.base_src / "llmc_cli").is_dir()):
+        sys.exit("llmc-base needs --base-src DIR, a src/ folder that holds llmc_cli (e.g. from `git archive`)")
     facts = prepare(args.work, args.shared, args.train_examples, args.eval_examples, args.shape)
     (args.work / "facts.json").write_text(json.dumps(facts))
     peaks = {name: peak_matmul_flops(name) for name in ("float32", "bfloat16")}
@@ -361,6 +370,8 @@ def main() -> None:
             env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
             if kind == "trl":
                 env["BENCH_BUDGET_S"] = str(args.trl_budget_s)
+            if kind == "llmc-base":  # that tree's llmc_cli comes first on the path
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.base_src), env.get("PYTHONPATH")]))
             proc = subprocess.run(
                 [sys.executable, __file__, "--worker", kind, "--work", str(args.work), "--round", str(round_index)],
                 capture_output=True,
@@ -404,17 +415,19 @@ def summarise(runs: dict[str, list[dict]], peaks: dict, facts: dict, flops_per_t
 
 
 def _compute_dtype(kind: str, run: dict) -> str:
-    if kind == "llmc":
+    if kind.startswith("llmc"):
         return {"bf16": "bfloat16", "fp16": "float16"}.get(run.get("precision", "fp32"), "float32")
     return "bfloat16" if kind == "trl" else "float32"
 
 
 def table(report: dict) -> str:
     results = report["results"]
-    base = results.get("hf")
+    base_kind = "hf" if "hf" in results else "llmc-base" if "llmc-base" in results else None
+    base = results.get(base_kind)
+    ref = "(a)" if base_kind == "hf" else "(c')"
     lines = [
-        "| contender | wall s | tokens/s | vs (a) | peak RSS MB | eval loss | vs (a) | model GFLOP/s | of fp32 peak "
-        "| of bf16 peak |",
+        f"| contender | wall s | tokens/s | vs {ref} | peak RSS MB | eval loss | vs {ref} | model GFLOP/s "
+        "| of fp32 peak | of bf16 peak |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for kind, r in results.items():
