@@ -363,7 +363,8 @@ def main() -> None:
 
     runs: dict[str, list[dict]] = {k: [] for k in kinds}
     for round_index in range(args.rounds):  # interleaved, so drift in machine load hits everyone alike
-        for kind in kinds:
+        # ... and in the reverse order every other round, so that no contender always runs first.
+        for kind in kinds if round_index % 2 == 0 else kinds[::-1]:
             if kind == "trl" and round_index >= args.trl_rounds:
                 continue
             print(f"round {round_index + 1}/{args.rounds}: {kind} ...", file=sys.stderr, flush=True)

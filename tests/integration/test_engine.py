@@ -98,23 +98,25 @@ def test_saved_adapter_reproduces_the_trained_models_logits(tmp_path, tiny_model
         assert not torch.allclose(reloaded(input_ids=ids).logits.float(), expected, atol=1e-3)
 
 
-def test_stop_request_saves_a_checkpoint_and_reports(tmp_path, tiny_model_dir, gsm8k_train):
+def test_a_callers_stop_request_saves_a_checkpoint_and_reports(tmp_path, tiny_model_dir, gsm8k_train):
+    """The engine's entry point takes a StopRequest the caller triggers (a tuner pruning a trial)."""
+    from llmc_cli.engine.run import train
     from llmc_cli.errors import RunInterrupted
 
     stop = StopRequest()
 
     def stop_after_first_step(event):
         if isinstance(event, StepEnded):
-            stop.request("SIGTERM")
+            stop.request("pruning")
 
     tuner = FineTuner(gsm8k_train, model=str(tiny_model_dir), max_steps=50, limit=80, **SAMPLE_OPTS)
     with EventBus() as bus:
         bus.subscribe(stop_after_first_step)
-        loop = Loop(open_session(tuner.plan(), tmp_path, bus), bus, stop)
-        with pytest.raises(RunInterrupted, match="stopped by SIGTERM"):
-            loop.fit()
+        with pytest.raises(RunInterrupted, match="stopped by pruning"):
+            train(tuner.plan(), tmp_path, bus, stop=stop)
     (checkpoint,) = (tmp_path / "checkpoints").iterdir()
     assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / "manifest.json").is_file()
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
 
 
 def test_eval_uses_the_validation_file_when_given(tmp_path, tiny_model_dir):

@@ -38,9 +38,18 @@ class _Outcome:
 
 
 def train(
-    plan: RunPlan, run_dir: Path, bus: EventBus, *, resume: ResumeTarget | None = None, faults: Faults = NO_FAULTS
+    plan: RunPlan,
+    run_dir: Path,
+    bus: EventBus,
+    *,
+    resume: ResumeTarget | None = None,
+    faults: Faults = NO_FAULTS,
+    stop: StopRequest | None = None,
 ) -> Path:
     """Train as ``plan`` says into ``run_dir``, emitting events on ``bus``; returns ``run_dir``.
+
+    ``stop`` lets the caller end the run at the next step boundary (a tuner pruning a trial:
+    ``stop.request("pruned")`` from a subscriber); SIGINT and SIGTERM request it too.
 
     Raises:
         LlmcError: a failure with its exit code (``failure.txt`` written, state saved);
@@ -53,8 +62,8 @@ def train(
     outcome = _Outcome()
     error: BaseException | None = None
     try:
-        with StopRequest() as stop:
-            _run(plan, run_dir, bus, stop, resume, faults, outcome)
+        with stop or StopRequest() as requested:
+            _run(plan, run_dir, bus, requested, resume, faults, outcome)
     except BaseException as exc:
         error = exc
         if isinstance(exc, RunInterrupted):
