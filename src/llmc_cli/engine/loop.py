@@ -57,7 +57,8 @@ class Loop:
         else:
             self.state.progress.initial_eval_loss = self._evaluate(0)
         self.s.model.train()
-        self._rng = self._rng if self._rng is not None else capture_rng()
+        if self._rng is None:  # a fresh run: the RNG the first epoch starts from
+            self._rng = capture_rng()
         self.rewind.mark_origin(self._rng)
         while self.state.step < self.s.total_steps and not self.stop.requested and not self.stopped_early:
             try:
