@@ -3,8 +3,8 @@
 A file is written to a temporary name beside its target, flushed and fsynced, then renamed
 over the target and the directory fsynced: a reader sees the old content or the new, never
 half of either, and a failed write (``ENOSPC``) leaves the old file and no temporary behind.
-Checkpoints (each file, and the manifest last), the run's config and summary, and failure
-reports all go through :func:`write_text`. Nothing here imports the rest of llmc.
+Checkpoints (their manifest; the files under it are fsynced by the commit), the run's
+config and summary, and failure reports all go through :func:`write_text`. Nothing here imports the rest of llmc.
 """
 
 from __future__ import annotations
@@ -46,9 +46,18 @@ def write_text(path: Path, text: str) -> None:
     fsync_dir(path.parent)
 
 
-def write_json(path: Path, payload: Any) -> None:
-    """:func:`write_text` of ``payload`` as indented JSON (values JSON cannot hold become strings)."""
-    write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+def write_json(path: Path, payload: Any, *, atomic: bool = True) -> None:
+    """:func:`write_text` of ``payload`` as indented JSON (values JSON cannot hold become strings).
+
+    ``atomic=False`` writes in place: for files inside a directory that is committed as a whole
+    (a checkpoint's ``step-N.tmp/``, whose commit fsyncs every file before the manifest and the
+    rename), where a temporary name and fsync per file would only do that work twice.
+    """
+    text = json.dumps(payload, indent=2, default=str) + "\n"
+    if atomic:
+        write_text(path, text)
+    else:
+        path.write_text(text, encoding="utf-8")
 
 
 def read_json(path: Path) -> Any:

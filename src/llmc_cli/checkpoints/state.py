@@ -88,7 +88,7 @@ def save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
             else:
                 scalars[f"{index}.{key}"] = value
     save_file(tensors, directory / OPTIMIZER_TENSORS)
-    write_json(directory / OPTIMIZER_GROUPS, {"param_groups": state["param_groups"], "scalars": scalars})
+    write_json(directory / OPTIMIZER_GROUPS, {"param_groups": state["param_groups"], "scalars": scalars}, atomic=False)
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
@@ -106,7 +106,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
 
 # ----------------------------------------------------------------------- scheduler
 def save_scheduler(scheduler: Any, directory: Path) -> None:
-    write_json(directory / SCHEDULER, scheduler.state_dict())
+    write_json(directory / SCHEDULER, scheduler.state_dict(), atomic=False)
 
 
 def load_scheduler(scheduler: Any, directory: Path) -> None:
@@ -138,7 +138,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_rng(directory: Path) -> None:
-    write_json(directory / RNG, capture_rng())
+    write_json(directory / RNG, capture_rng(), atomic=False)
 
 
 def load_rng(directory: Path) -> dict[str, Any]:

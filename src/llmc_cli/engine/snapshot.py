@@ -64,8 +64,9 @@ def write_snapshot(
     files.save_optimizer(optimizer, directory)
     files.save_scheduler(scheduler, directory)
     files.save_rng(directory)
-    write_json(directory / files.TRAINER_STATE, state.to_json())
-    write_json(directory / "config.json", config_json)
+    # Plain writes: the commit protocol fsyncs every file of the directory before its manifest.
+    write_json(directory / files.TRAINER_STATE, state.to_json(), atomic=False)
+    write_json(directory / "config.json", config_json, atomic=False)
     return {
         "step": state.position.step,
         "epoch": state.position.epoch + facts["epoch_fraction"],
