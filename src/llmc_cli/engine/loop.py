@@ -18,6 +18,7 @@ import torch
 
 from llmc_cli.checkpoints.state import capture_rng, restore_rng
 from llmc_cli.engine.evaluate import Evaluator
+from llmc_cli.engine.failure import Standing
 from llmc_cli.engine.interrupt import StopRequest
 from llmc_cli.engine.loss import target_count
 from llmc_cli.engine.recovery import recoverable, split_batch
@@ -229,6 +230,10 @@ class Loop:
             f"Training stopped by {stop.reason} after step {step} of {self.s.total_steps}; state saved as {where}.",
             hint=f"Continue exactly where it stopped with: llmc resume {self.s.run_dir}",
         )
+
+    def standing(self) -> Standing:
+        """Where the run stands, for a failure report."""
+        return self.state.standing(self.last_logged, self.evaluate.last)
 
     def save_for_failure(self, error: BaseException) -> Path | None:
         """After a failure, keep a resumable checkpoint: the last good state for a divergence, else the current one."""

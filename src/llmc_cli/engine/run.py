@@ -120,7 +120,7 @@ def _report_failure(run_dir: Path, exc: Exception, loop) -> LlmcError:
         saved = loop.save_for_failure(exc) if loop is not None else None
     except Exception:  # the report matters more than this save
         saved = None
-    report = write_failure_report(run_dir, exc, _standing(loop), saved)
+    report = write_failure_report(run_dir, exc, loop.standing() if loop is not None else Standing(), saved)
     error = exc
     if not isinstance(exc, LlmcError):
         error = UnexpectedFailure(
@@ -131,17 +131,3 @@ def _report_failure(run_dir: Path, exc: Exception, loop) -> LlmcError:
         )
     error.report = report
     return error
-
-
-def _standing(loop) -> Standing:
-    """Where the run stood, from the loop's memory (its last log line and evaluation, or the checkpoint's)."""
-    if loop is None:
-        return Standing()
-    progress = loop.state.progress
-    last_train = loop.last_logged.to_dict() if loop.last_logged else None
-    if last_train is None and progress.last_train_loss is not None:
-        last_train = {"loss": progress.last_train_loss}
-    last_eval = loop.evaluate.last.to_dict() if loop.evaluate.last else None
-    if last_eval is None and progress.eval_history:
-        last_eval = {"eval_loss": progress.eval_history[-1][1]}
-    return Standing(loop.state.step, last_train, last_eval, list(loop.state.journal.entries))

@@ -94,45 +94,42 @@ class Checkpointer:
         self.manager.last_saved_step = step
 
     def save(self, state: TrainerState, reason: str) -> Path | None:
+        """Save ``state`` and the session's adapter, optimizer and scheduler (the main process writes,
+        every process waits). None when nothing was saved: a weight is NaN/Inf, or the save failed
+        and training may go on (the manager said why)."""
         started = time.perf_counter()
         try:
-            return save_checkpoint(self.session, state, self.manager, self.bus, reason)
+            return self._save(state, reason)
         finally:
             self.time_s += time.perf_counter() - started
 
+    def _save(self, state: TrainerState, reason: str) -> Path | None:
+        session, pos = self.session, state.position
+        if pos.batches_in_epoch >= len(session.train_loader):  # an epoch's last step: next is a new epoch
+            pos.epoch += 1
+            pos.batches_in_epoch = 0
+        if not all_finite(session.params):  # never write weights that are NaN or Inf
+            self.bus.emit(TrainingWarning("checkpoint", f"Not saving step {pos.step}: the adapter holds NaN/Inf."))
+            return None
+        accelerator = session.accelerator
+        accelerator.wait_for_everyone()
+        path = None
+        if accelerator.is_main_process:
 
-def save_checkpoint(
-    session: Session, state: TrainerState, manager: CheckpointManager, bus: EventBus, reason: str
-) -> Path | None:
-    """Save ``state`` and the session's adapter, optimizer and scheduler (the main process writes,
-    every process waits). None when nothing was saved: a weight is NaN/Inf, or the save failed and
-    training may go on (the manager said why)."""
-    pos = state.position
-    if pos.batches_in_epoch >= len(session.train_loader):  # an epoch's last step: next is a new epoch
-        pos.epoch += 1
-        pos.batches_in_epoch = 0
-    if not all_finite(session.params):  # never write weights that are NaN or Inf
-        bus.emit(TrainingWarning("checkpoint", f"Not saving step {pos.step}: the adapter holds NaN/Inf."))
-        return None
-    accelerator = session.accelerator
-    accelerator.wait_for_everyone()
-    path = None
-    if accelerator.is_main_process:
+            def write(directory: Path) -> dict[str, Any]:
+                return write_snapshot(
+                    directory,
+                    model=session.unwrapped(),
+                    optimizer=session.optimizer,
+                    scheduler=session.scheduler,
+                    state=state,
+                    config_json=session.plan.resolved.to_json(),
+                    facts=session.checkpoint_facts(pos.batches_in_epoch),
+                )
 
-        def write(directory: Path) -> dict[str, Any]:
-            return write_snapshot(
-                directory,
-                model=session.unwrapped(),
-                optimizer=session.optimizer,
-                scheduler=session.scheduler,
-                state=state,
-                config_json=session.plan.resolved.to_json(),
-                facts=session.checkpoint_facts(pos.batches_in_epoch),
-            )
-
-        path = manager.save(pos.step, write, reason)
-    accelerator.wait_for_everyone()
-    return path
+            path = self.manager.save(pos.step, write, reason)
+        accelerator.wait_for_everyone()
+        return path
 
 
 def load_checkpoint(session: Session, directory: Path) -> Resume:

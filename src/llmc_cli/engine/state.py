@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from llmc_cli.checkpoints.state import TrainerState
 from llmc_cli.engine.controls import Controls
+from llmc_cli.engine.failure import Standing
 from llmc_cli.engine.journal import Journal
 from llmc_cli.engine.lr import LearningRate
 from llmc_cli.engine.recovery import Budget, Recovery, RecoveryState
 from llmc_cli.engine.session import Session
 from llmc_cli.engine.summary import FitResult
-from llmc_cli.events import EventBus
+from llmc_cli.events import EvalEnded, EventBus, StepEnded
 
 
 class RunState:
@@ -108,6 +109,18 @@ class RunState:
             recovery=self.recovery.state.to_json(),
             adjustments=list(self.journal.entries),
         )
+
+    def standing(self, last_logged: StepEnded | None, last_eval: EvalEnded | None) -> Standing:
+        """Where the run stands: the session's last log line and evaluation, else what the
+        checkpoint it resumed from recorded; and every adjustment so far."""
+        progress = self.progress
+        train = last_logged.to_dict() if last_logged else None
+        if train is None and progress.last_train_loss is not None:
+            train = {"loss": progress.last_train_loss}
+        evaluation = last_eval.to_dict() if last_eval else None
+        if evaluation is None and progress.eval_history:
+            evaluation = {"eval_loss": progress.eval_history[-1][1]}
+        return Standing(self.step, train, evaluation, list(self.journal.entries))
 
     def adopt(self, saved: TrainerState, rollback: bool = False) -> None:
         """Continue from ``saved`` (a resume), or go back to it (``rollback``: recovery's state, the
