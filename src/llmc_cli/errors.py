@@ -83,6 +83,16 @@ class UnexpectedFailure(TrainingError):
     title = "Training failed"
 
 
+class DiskFull(LlmcError):
+    """A write failed because the disk is full, over quota, failing or read-only; what was being
+    written was removed and the last complete state kept."""
+
+    exit_code = 10
+    title = "Disk full"
+    needed_bytes: int | None = None
+    detail = ""  # the OS's reason with the free and needed space, for messages that name the file themselves
+
+
 class CheckpointError(LlmcError):
     """A run or checkpoint cannot be found, verified or loaded."""
 
