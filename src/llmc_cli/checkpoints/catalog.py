@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,13 +134,20 @@ def newest_valid(run_dir: Path, start: Path) -> tuple[Path, list[Verification]]:
     )
 
 
-def valid_before(run_dir: Path, step: int | None = None, since: int = 0) -> tuple[Path | None, list[Verification]]:
-    """The newest complete checkpoint saved at ``since`` or later and before ``step`` that verifies.
+def valid_before(
+    run_dir: Path, step: int | None = None, since: int = 0, accept: Callable[[Entry], bool] | None = None
+) -> tuple[Path | None, list[Verification]]:
+    """The newest complete checkpoint saved at ``since`` or later and before ``step`` that verifies
+    (and that ``accept`` takes, judging its recorded metrics).
 
     None when there is none; with the verification failures seen on the way.
     """
     limit = step if step is not None else float("inf")
-    found = [e.path for e in reversed(entries(run_dir)) if e.complete and since <= e.step < limit]
+    found = [
+        e.path
+        for e in reversed(entries(run_dir))
+        if e.complete and since <= e.step < limit and (accept is None or accept(e))
+    ]
     return first_valid(found)
 
 

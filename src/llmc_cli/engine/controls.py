@@ -2,8 +2,8 @@
 
 - :class:`AdaptiveClipper`: the clipping threshold for the next step, from a running
   percentile of recent gradient norms, never above ``max_grad_norm``.
-- :class:`DivergenceGuard`: is this step's loss or gradient non-finite, or the loss a spike
-  far above the recent median?
+- :class:`DivergenceGuard`: is this step's loss or gradient non-finite, the loss a spike
+  far above the recent median, or far above where the run started?
 - :class:`PlateauLR`: reduce-on-plateau over the evaluations, with a cooldown.
 - :class:`InstabilityLR`: lower the LR when the loss oscillates without going down or a
   gradient norm explodes, at most once per cooldown.
@@ -57,28 +57,83 @@ class AdaptiveClipper:
 
 @dataclass
 class DivergenceGuard:
-    """Classifies a step: ``"non-finite"`` (loss or gradient norm), ``"spike"`` or None (fine)."""
+    """Classifies a step: ``"non-finite"`` (loss or gradient norm), ``"spike"`` (far above the recent
+    median), ``"diverged"`` (far above where the run started) or None (fine).
+
+    The recent window needs ``stats.MIN_HISTORY`` steps before it can judge; the start does not:
+    a learning rate far too high shows in the first steps, as a loss ``start_ratio`` times (and
+    ``start_margin`` nats) above the start or a gradient norm ``norm_factor`` times the first
+    step's. The start is the step-0 eval loss or the first step's loss (before any update),
+    whichever is higher; evaluations are judged against the step-0 eval (:meth:`eval_diverged`).
+    """
 
     spike_ratio: float = 3.0
     window: int = 50
+    start_ratio: float = 2.0
+    start_margin: float = 1.0
+    norm_factor: float = 100.0
+    eval_ratio: float = 1.5
+    eval_margin: float = 0.5
     losses: deque = field(default_factory=deque)
+    start_loss: float | None = None  # the train loss the run is judged against
+    start_eval: float | None = None  # the step-0 eval loss
+    start_norm: float | None = None  # the first step's gradient norm
 
     def __post_init__(self) -> None:
         self.losses = deque(self.losses, maxlen=self.window)
 
+    def set_start_eval(self, loss: float | None) -> None:
+        """The step-0 eval loss of a fresh run (the base model's)."""
+        if loss is not None and stats.finite(loss):
+            self.start_eval = loss
+            self.start_loss = max(loss, self.start_loss or loss)
+
     def check(self, loss: float, grad_norm: float) -> str | None:
         if not stats.finite(loss, grad_norm):
             return "non-finite"
-        return "spike" if stats.spike(self.losses, loss, self.spike_ratio) else None
+        if stats.spike(self.losses, loss, self.spike_ratio):
+            return "spike"
+        # Before the first applied step the weights are the start: nothing to judge against yet.
+        return "diverged" if self.start_norm is not None and self.far_from_start(loss, grad_norm) else None
 
-    def record(self, loss: float) -> None:
+    def far_from_start(self, loss: float, grad_norm: float | None = None) -> bool:
+        """A train loss (or gradient norm) so far above the run's start that training has diverged."""
+        start = self.start_loss
+        if start is not None and loss > max(self.start_ratio * start, start + self.start_margin):
+            return True
+        return (
+            grad_norm is not None
+            and self.start_norm is not None
+            and grad_norm > max(self.norm_factor * self.start_norm, stats.EXPLOSION_FLOOR)
+        )
+
+    def eval_diverged(self, loss: float) -> bool:
+        """An eval loss clearly above the step-0 eval: the adapter made the model worse than the base."""
+        if not stats.finite(loss):
+            return True
+        start = self.start_eval
+        return start is not None and loss > max(self.eval_ratio * start, start + self.eval_margin)
+
+    def record(self, loss: float, grad_norm: float) -> None:
+        """An applied step; the first one also sets the start (its loss and norm are the base model's)."""
+        if self.start_norm is None:
+            self.start_norm = grad_norm
+            self.start_loss = max(loss, self.start_loss or loss)
         self.losses.append(loss)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"losses": list(self.losses)}
+        return {
+            "losses": list(self.losses),
+            "start_loss": self.start_loss,
+            "start_eval": self.start_eval,
+            "start_norm": self.start_norm,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.losses = deque((float(v) for v in state.get("losses", [])), maxlen=self.window)
+        self.start_loss = state.get("start_loss")
+        self.start_eval = state.get("start_eval")
+        self.start_norm = state.get("start_norm")
 
 
 @dataclass

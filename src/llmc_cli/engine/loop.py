@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 
+from llmc_cli.checkpoints import catalog
 from llmc_cli.checkpoints.state import capture_rng, restore_rng
+from llmc_cli.engine.best import BestAdapter
 from llmc_cli.engine.evaluate import Evaluator
 from llmc_cli.engine.failure import Standing
 from llmc_cli.engine.interrupt import StopRequest
@@ -41,7 +43,8 @@ class Loop:
         self.state = RunState(session, bus)
         self.evaluate = Evaluator(session, self.state.recovery, bus, faults)
         self.rewind = Rewind(session, self.state, bus)
-        self.checkpoints = Checkpointer(session, bus, faults)
+        self.best = BestAdapter()
+        self.checkpoints = Checkpointer(session, bus, faults, self.best)
         self.stopped_early = False
         self.last_logged: StepEnded | None = None
         self._rng: dict[str, Any] | None = None  # to put back when the next epoch's iterator is made
@@ -52,11 +55,13 @@ class Loop:
         at the end; checkpoint on the interval, at each epoch end and when a stop is requested."""
         if resume is not None:
             self.state.adopt(resume.state)
+            self.best.load(resume.checkpoint)
             self._continue_from(resume)
             if self.state.recovery.state.gradient_checkpointing and not self.s.gradient_checkpointing:
                 self.s.enable_gradient_checkpointing()
         else:
             self.state.progress.initial_eval_loss = self._evaluate(0)
+            self.state.controls.guard.set_start_eval(self.state.progress.initial_eval_loss)
         self.s.model.train()
         if self._rng is None:  # a fresh run: the RNG the first epoch starts from
             self._rng = capture_rng()
@@ -161,7 +166,7 @@ class Loop:
             self.state.lr.step()  # a skipped step keeps its place in the schedule
             return None
         self.state.recovery.on_good_step()
-        controls.guard.record(mean_loss)
+        controls.guard.record(mean_loss, norm)
         controls.clipper.record(norm)
         before = torch._foreach_mul([p.detach() for p in s.params], 1.0)  # copies of the trainable weights
         s.optimizer.step()
@@ -198,12 +203,20 @@ class Loop:
             self._checkpoint("interval")
 
     def _evaluate(self, step: int, decide: bool = True) -> float | None:
-        """Evaluate and record; the plateau and early-stopping controls decide on the result."""
+        """Evaluate and record; an eval far above the step-0 one rolls back, else the plateau and
+        early-stopping controls decide on the result."""
         loss = self.evaluate(step)
-        if loss is not None:
-            self.state.progress.eval_history.append((step, loss))
-            if decide and step > 0 and self.state.after_eval(step, loss):
-                self.stopped_early = True
+        if loss is None:
+            return None
+        state = self.state
+        if decide and step > 0 and state.controls.guard.eval_diverged(loss):
+            checkpointing = self.s.gradient_checkpointing
+            if state.recovery.on_bad_step(step, "eval-diverged", loss, checkpointing) == "rollback":
+                raise RollbackNeeded(step, "eval-diverged", loss)
+        state.progress.eval_history.append((step, loss))
+        self.best.note(step, loss, self.s.unwrapped())
+        if decide and step > 0 and state.after_eval(step, loss):
+            self.stopped_early = True
         return loss
 
     def _continue_from(self, resume: Resume) -> None:
@@ -240,16 +253,33 @@ class Loop:
         return self.rewind.keep_for_failure(isinstance(error, DivergenceError), lambda: self._checkpoint("failure"))
 
     def _finish(self) -> FitResult:
-        state, controls = self.state, self.state.controls
-        progress = state.progress
-        restored = None
-        best = controls.early.best_step
-        if controls.early.enabled and best is not None and best != state.step:
-            restored = best if self.rewind.restore_best(best, controls.early.best) else None
-        history = progress.eval_history
+        """Evaluate the last adapter, put the best one back when the last is clearly worse (or early
+        stopping ended the run), and refuse to call a run that diverged and never beat the base done."""
+        state, best = self.state, self.best
+        history = state.progress.eval_history
         final = history[-1][1] if history and history[-1][0] == state.step else None
-        if final is None or restored is not None:
+        if final is None and not self.stopped_early:
             final = self._evaluate(state.step, decide=False)
+        restored = None
+        early = state.controls.early
+        if self.stopped_early and early.best_step not in (None, state.step, best.step):
+            checkpoint = self.s.run_dir / catalog.CHECKPOINTS / catalog.checkpoint_name(early.best_step)
+            if not best.take_checkpoint(checkpoint, early.best_step, early.best):
+                message = f"The adapter of step {early.best_step} was not saved; keeping the best in memory."
+                self.bus.emit(TrainingWarning("early-stopping", message))
+        if best.step is not None and best.step != state.step and (self.stopped_early or best.beats(final)):
+            restored = self._restore_best(final)
+            final = best.loss
+        diverged = state.recovery.state.rollbacks > 0 or (
+            restored is not None and state.controls.guard.eval_diverged(history[-1][1])
+        )
+        if best.step == 0 and restored is not None and diverged:
+            raise DivergenceError(
+                f"Training diverged and no evaluation beat the base model (step-0 eval loss {best.loss:.4f}; "
+                f"the last adapter's {history[-1][1]:.4f}), after {state.recovery.state.rollbacks} rollback(s) "
+                "with a lower learning rate.",
+                hint="Lower the learning rate 10x or more (--lr), then `llmc train` again.",
+            )
         return state.result(
             steps_per_epoch=self.s.steps_per_epoch,
             eval_time_s=self.evaluate.time_s,
@@ -258,6 +288,23 @@ class Loop:
             stopped_early=self.stopped_early,
             restored_best_step=restored,
         )
+
+    def _restore_best(self, final: float | None) -> int:
+        """Put the best adapter back, and say why in the journal."""
+        best, step = self.best, self.state.step
+        best.put_back(self.s.unwrapped())
+        if self.stopped_early:
+            cause, why = "early-stopping", "Early stopping ended the run"
+        else:
+            cause, why = "best", f"The last adapter (eval loss {final:.4f} at step {step}) is worse than the best"
+        where = "the start (no evaluation beat the base model)" if best.step == 0 else f"step {best.step}"
+        self.state.journal.record(
+            step,
+            cause,
+            "restored-best",
+            f"{why}: the run's adapter is the best one, from {where} (eval loss {best.loss:.4f}).",
+        )
+        return best.step
 
 
 def _windows(loader, size: int):

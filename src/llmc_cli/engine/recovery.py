@@ -9,8 +9,11 @@ The loop asks; this module answers and records every action in the run's journal
 - divergence: a non-finite loss skips the step (weights untouched); ``nan_tolerance`` in a
   row, or a loss spike, roll back to the last good state with half the learning rate
   (``ROLLBACK_LR_FACTOR``, applied by the rollback through the LR's owner); a spike that comes
-  back at the same step after a rollback skips that batch; past ``max_rollbacks``,
-  :class:`DivergenceError`.
+  back at the same step after a rollback skips that batch. A loss far above where the run
+  started skips once and rolls back the second time in a row, and an eval loss clearly above
+  the step-0 eval rolls back at once, both with a quarter of the learning rate
+  (``DIVERGED_LR_FACTOR``: a rate that far too high needs more than halving). Past
+  ``max_rollbacks``, :class:`DivergenceError`.
 - a batch that cannot be used (:class:`UnreadableBatch`): skipped, up to ``max_skipped_batches``.
 
 Its state (micro-batch split, gradient checkpointing, budgets used) is saved in checkpoints
@@ -25,6 +28,7 @@ from typing import Any
 
 import torch
 
+from llmc_cli.durable import disk_error
 from llmc_cli.engine.journal import Journal
 from llmc_cli.errors import (
     CheckpointError,
@@ -38,10 +42,21 @@ from llmc_cli.errors import (
 )
 
 ROLLBACK_LR_FACTOR = 0.5
+DIVERGED_LR_FACTOR = 0.25
+START_TOLERANCE = 2  # steps in a row far above the start before rolling back (one may be an odd batch)
+DIVERGED = ("diverged", "eval-diverged")  # judged against where the run started
+
+
+def rollback_lr_factor(verdict: str) -> float:
+    """What a rollback for ``verdict`` multiplies the learning rate by."""
+    return DIVERGED_LR_FACTOR if verdict in DIVERGED else ROLLBACK_LR_FACTOR
 
 
 def classify(exc: BaseException) -> str:
-    """``oom-gpu``, ``oom-cpu``, ``divergence``, ``checkpoint``, ``data``, ``config``, ``model`` or ``other``."""
+    """``oom-gpu``, ``oom-cpu``, ``divergence``, ``disk``, ``checkpoint``, ``data``, ``config``, ``model``
+    or ``other``."""
+    if disk_error(exc):
+        return "disk"
     if isinstance(exc, OutOfMemory):
         return getattr(exc, "kind", "oom-gpu")
     if isinstance(exc, torch.OutOfMemoryError):
@@ -179,17 +194,25 @@ class Recovery:
 
     # ------------------------------------------------------------ divergence
     def on_bad_step(self, step: int, verdict: str, loss: float, checkpointing: bool) -> str:
-        """``"skip"`` or ``"rollback"`` for a step whose loss is non-finite or a spike."""
+        """``"skip"`` or ``"rollback"`` for a step whose loss is non-finite, a spike or far above the
+        start (``"diverged"``), or an evaluation far above the step-0 eval (``"eval-diverged"``)."""
         s = self.state
         if not self.budget.enabled:
             raise _diverged(step, verdict, loss, "automatic recovery is off (auto_recovery=false)")
         s.consecutive_bad += 1
         repeat = verdict == "spike" and step in s.spike_steps
-        if (verdict == "non-finite" and s.consecutive_bad < self.budget.nan_tolerance) or repeat:
+        tolerance = {"non-finite": self.budget.nan_tolerance, "diverged": START_TOLERANCE}.get(verdict, 1)
+        if s.consecutive_bad < tolerance or repeat:
             if len(s.skipped_steps) >= self.budget.max_skipped_batches:
                 raise _diverged(step, verdict, loss, f"{len(s.skipped_steps)} batches were skipped already")
             s.skipped_steps.append(step)
-            why = "the spike came back after a rollback" if repeat else f"{s.consecutive_bad} in a row"
+            why = (
+                "the spike came back after a rollback"
+                if repeat
+                else f"far above where the run started, {s.consecutive_bad} in a row"
+                if verdict == "diverged"
+                else f"{s.consecutive_bad} in a row"
+            )
             self.journal.record(
                 step,
                 verdict,
@@ -213,7 +236,8 @@ class Recovery:
             step,
             verdict,
             "rolled-back",
-            f"Loss {loss:.4g} at step {step} ({verdict}): rolled back to step {target_step} ({source}) with the "
+            f"{'Eval loss' if verdict == 'eval-diverged' else 'Loss'} {loss:.4g} at step {step} ({verdict}): "
+            f"rolled back to step {target_step} ({source}) with the "
             f"learning rate x{lr_scale:g} (rollback {self.state.rollbacks} of {self.budget.max_rollbacks}).",
             {**self.settings(checkpointing), "lr_scale": lr_scale},
         )

@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from llmc_cli.checkpoints import catalog
-from llmc_cli.checkpoints.manifest import verify
-from llmc_cli.checkpoints.state import ADAPTER_WEIGHTS
-from llmc_cli.engine.recovery import ROLLBACK_LR_FACTOR
+from llmc_cli.engine.recovery import DIVERGED, rollback_lr_factor
 from llmc_cli.engine.session import Session
 from llmc_cli.engine.snapshot import MemorySnapshot, Resume, load_checkpoint
 from llmc_cli.engine.state import RunState
-from llmc_cli.events import EventBus, RolledBack, TrainingWarning
+from llmc_cli.events import EventBus, RolledBack
 
 
 class RollbackNeeded(Exception):  # noqa: N818 - control flow inside the loop, never seen outside
@@ -44,7 +42,7 @@ class Rewind:
 
     def roll_back(self, need: RollbackNeeded) -> Resume:
         """Restore the newest good state before ``need.step`` and lower the LR; returns what was restored."""
-        target, refused = self.last_good(need.step)
+        target, refused = self.last_good(need.step, judged=need.verdict in DIVERGED)
         for line in refused:
             self.state.recovery.act_checkpoint(need.step, line)
         if target is None:
@@ -52,7 +50,7 @@ class Rewind:
         else:
             resume, source = load_checkpoint(self.session, target), str(target)
         self.state.adopt(resume.state, rollback=True)
-        self.state.lr.lower("rollback", ROLLBACK_LR_FACTOR)
+        self.state.lr.lower("rollback", rollback_lr_factor(need.verdict))
         self.bus.emit(RolledBack(step=resume.state.position.step, from_step=need.step, source=source))
         self.state.recovery.rolled_back(
             need.step,
@@ -65,12 +63,20 @@ class Rewind:
         )
         return resume
 
-    def last_good(self, step: int) -> tuple[Path | None, list[str]]:
+    def last_good(self, step: int, judged: bool = False) -> tuple[Path | None, list[str]]:
         """The newest verified checkpoint of this session before ``step`` (None: the start is newest),
-        and the checkpoints refused on the way."""
+        and the checkpoints refused on the way. ``judged``: also pass over checkpoints whose
+        recorded losses show the run had already diverged from its start when they were saved."""
         since = self.origin.step if self.origin else 0
-        target, failures = catalog.valid_before(self.session.run_dir, step, since=since)
+        accept = self._not_diverged if judged else None
+        target, failures = catalog.valid_before(self.session.run_dir, step, since=since, accept=accept)
         return target, [f"{f.path.name}: {f.reason()}" for f in failures]
+
+    def _not_diverged(self, entry: catalog.Entry) -> bool:
+        guard, metrics = self.state.controls.guard, entry.metrics
+        if "train_loss" in metrics and guard.far_from_start(metrics["train_loss"]):
+            return False
+        return not ("eval_loss" in metrics and guard.eval_diverged(metrics["eval_loss"]))
 
     def keep_for_failure(self, diverged: bool, save: Callable[[], Path | None]) -> Path | None:
         """The checkpoint a failed run continues from: for a divergence the last good one (or the
@@ -79,7 +85,7 @@ class Rewind:
         if self.origin is None:
             return None
         if diverged:
-            target, _ = self.last_good(self.state.step + 1)
+            target, _ = self.last_good(self.state.step + 1, judged=True)
             if target is not None:
                 return target
             self.state.adopt(self._from_origin().state, rollback=True)
@@ -91,25 +97,3 @@ class Rewind:
     def _from_origin(self) -> Resume:
         s = self.session
         return self.origin.restore(s.params, s.optimizer, s.scheduler)
-
-    def restore_best(self, best_step: int, best_loss: float) -> bool:
-        """Load the adapter of the checkpoint saved at ``best_step``; False when it is missing or damaged."""
-        path = self.session.run_dir / catalog.CHECKPOINTS / catalog.checkpoint_name(best_step)
-        if not path.is_dir() or not verify(path).ok:
-            self.bus.emit(
-                TrainingWarning(
-                    "early-stopping", f"The best adapter (step {best_step}) was not saved; keeping the last one."
-                )
-            )
-            return False
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(self.session.unwrapped(), load_file(path / ADAPTER_WEIGHTS))
-        self.state.journal.record(
-            self.state.step,
-            "early-stopping",
-            "restored-best",
-            f"Restored the best adapter, from step {best_step} (eval loss {best_loss:.4f}).",
-        )
-        return True

@@ -26,6 +26,7 @@ from llmc_cli.checkpoints.manager import CheckpointManager, Policy
 from llmc_cli.checkpoints.manifest import read_manifest
 from llmc_cli.checkpoints.state import TrainerState
 from llmc_cli.durable import write_json
+from llmc_cli.engine.best import BestAdapter
 from llmc_cli.engine.session import Session
 from llmc_cli.errors import CheckpointError
 from llmc_cli.events import EventBus, TrainingWarning
@@ -80,9 +81,10 @@ def write_snapshot(
 class Checkpointer:
     """Saves the session's state through the run's checkpoint manager; counts the time it takes."""
 
-    def __init__(self, session: Session, bus: EventBus, faults: Faults) -> None:
+    def __init__(self, session: Session, bus: EventBus, faults: Faults, best: BestAdapter) -> None:
         self.session = session
         self.bus = bus
+        self.best = best
         self.manager = CheckpointManager(session.run_dir, Policy.from_settings(session.config.run), bus, faults)
         self.time_s = 0.0
 
@@ -117,7 +119,7 @@ class Checkpointer:
         if accelerator.is_main_process:
 
             def write(directory: Path) -> dict[str, Any]:
-                return write_snapshot(
+                meta = write_snapshot(
                     directory,
                     model=session.unwrapped(),
                     optimizer=session.optimizer,
@@ -126,6 +128,8 @@ class Checkpointer:
                     config_json=session.plan.resolved.to_json(),
                     facts=session.checkpoint_facts(pos.batches_in_epoch),
                 )
+                self.best.save(directory)
+                return meta
 
             path = self.manager.save(pos.step, write, reason)
         accelerator.wait_for_everyone()

@@ -12,7 +12,7 @@ from llmc_cli.engine.controls import AdaptiveClipper, DivergenceGuard, EarlyStop
 from llmc_cli.engine.failure import Standing, render, write_failure_report
 from llmc_cli.engine.journal import Journal
 from llmc_cli.engine.lr import LearningRate
-from llmc_cli.engine.recovery import Budget, Recovery, classify, recoverable, split_batch
+from llmc_cli.engine.recovery import Budget, Recovery, classify, recoverable, rollback_lr_factor, split_batch
 from llmc_cli.errors import DataError, DivergenceError, OutOfMemory, UnreadableBatch
 
 
@@ -135,6 +135,15 @@ def test_a_spike_that_repeats_after_a_rollback_is_skipped():
     assert recovery.state.skipped_steps == [12] and recovery.state.rollbacks == 1
 
 
+def test_far_from_the_start_skips_once_then_rolls_back_with_a_quarter_of_the_lr():
+    recovery = Recovery(Budget(), Journal(Bus()), 4, 1)
+    assert recovery.on_bad_step(3, "diverged", 8.25, False) == "skip"  # one odd batch is allowed
+    assert recovery.on_bad_step(4, "diverged", 15.8, False) == "rollback"
+    assert recovery.on_bad_step(8, "eval-diverged", 11.3, False) == "rollback"  # an eval cannot be skipped
+    assert (rollback_lr_factor("diverged"), rollback_lr_factor("eval-diverged")) == (0.25, 0.25)
+    assert (rollback_lr_factor("spike"), rollback_lr_factor("non-finite")) == (0.5, 0.5)
+
+
 def test_split_batch_keeps_rows_targets_and_counts():
     batch = {
         "input_ids": torch.arange(15).reshape(5, 3),
@@ -172,11 +181,41 @@ def test_divergence_guard_flags_non_finite_and_spikes_but_not_noise():
     for i in range(30):
         loss = 2.0 - 0.02 * i + 0.05 * math.sin(i)
         assert guard.check(loss, 0.5) is None
-        guard.record(loss)
+        guard.record(loss, 0.5)
     assert guard.check(math.inf, 0.5) == "non-finite"
     assert guard.check(2.0, math.nan) == "non-finite"  # a finite loss with a broken gradient
     assert guard.check(15.0, 0.5) == "spike"
     assert guard.check(2.5, 0.5) is None  # higher than usual, not a spike
+
+
+def test_divergence_guard_judges_the_first_steps_against_the_start():
+    """The real blow-up of issue 13 (SmolLM2, LR 100x too high): train loss 1.03 -> 2.69 -> 8.25
+    -> 15.8, eval 1.49 -> 11.3. The recent window is empty then; the start is not."""
+    guard = DivergenceGuard()
+    guard.set_start_eval(1.49)
+    assert guard.check(3.5, 1.1) is None  # the first step is the base model: nothing to judge yet
+    guard.record(1.03, 1.1)
+    assert guard.start_loss == 1.49 and guard.start_norm == 1.1
+    assert guard.check(2.69, 3.0) is None  # worse, not yet far: 2x and 1 nat above the start
+    assert guard.check(8.25, 20.0) == "diverged"
+    assert guard.check(1.2, 200.0) == "diverged"  # a gradient norm 100x the first step's
+    assert not guard.eval_diverged(1.9) and guard.eval_diverged(11.3) and guard.eval_diverged(math.nan)
+    restored = DivergenceGuard()
+    restored.load_state_dict(json.loads(json.dumps(guard.state_dict())))
+    assert restored.check(8.25, 20.0) == "diverged" and restored.eval_diverged(11.3)
+
+
+def test_divergence_guard_takes_a_harder_first_batch_as_the_start():
+    """Train data harder than the validation rows must not read as divergence."""
+    guard = DivergenceGuard()
+    guard.set_start_eval(1.0)
+    guard.record(4.0, 1.0)  # the base model's loss on the first training batch
+    assert guard.start_loss == 4.0
+    assert guard.check(4.5, 1.0) is None and guard.check(8.5, 1.0) == "diverged"
+    fresh = DivergenceGuard()  # a random-init model starts near ln(vocab): no false alarm as it learns
+    fresh.set_start_eval(10.4)
+    fresh.record(10.4, 2.0)
+    assert all(fresh.check(loss, 2.0) is None for loss in (10.5, 9.0, 6.0, 3.0))
 
 
 def test_plateau_asks_for_a_lower_lr_after_patience_with_cooldown():
