@@ -17,7 +17,19 @@ Training faults fire at the given optimizer step, once per process unless the ac
 
 Checkpoint faults fire when a save reaches a point, every time: ``checkpoint.write``,
 ``checkpoint.before-rename``, ``checkpoint.after-rename``, ``checkpoint.during-delete``, with
-action ``kill`` (SIGKILL this process) or ``enospc`` (raise "No space left on device").
+action ``kill`` (SIGKILL this process), ``enospc`` (raise ``OSError`` "No space left on
+device") or ``library`` (raise safetensors' own ``SafetensorError`` with the OS message, as
+safetensors does on a full disk).
+
+Real full disks, for a run whose output is on a small filesystem (a test's tmpfs: refused
+where more than ``MAX_FILL_BYTES`` are free, so a real disk is never filled):
+
+- ``disk-fill@N`` fills the filesystem of the run directory to the last byte at the boundary
+  of step N (before its evaluation and checkpoint); ``disk-free@N`` gives the space back;
+- ``disk-fill.final``, ``disk-fill.merge``, ``disk-fill.report`` fill it just before the final
+  adapter, the merged model or the failure report is written.
+
+Every write after a fill meets the OS's own ENOSPC, in whichever library makes it.
 
 Example: ``LLMC_FAULTS="oom@step=12,nan@step=30,checkpoint.write@4:enospc"``. The engine is
 given a :class:`Faults` object (``Faults.from_env()`` unless the caller passes one; ``NO_FAULTS``
@@ -30,14 +42,19 @@ import errno
 import math
 import os
 import re
+import shutil
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 from llmc_cli.errors import ConfigError, UnreadableBatch
 
 ENV = "LLMC_FAULTS"
 TRAINING = ("oom", "cpu-oom", "nan", "spike", "grad-spike", "data", "error", "eval-oom")
 CHECKPOINT = ("checkpoint.write", "checkpoint.before-rename", "checkpoint.after-rename", "checkpoint.during-delete")
+DISK = ("disk-fill", "disk-free", "disk-fill.final", "disk-fill.merge", "disk-fill.report")
+FILLER = ".llmc-disk-filler"
+MAX_FILL_BYTES = 2 << 30
 SPIKE_FACTOR = 10.0
 GRAD_SPIKE_FACTOR = 100.0
 CPU_OOM_MESSAGE = (
@@ -68,10 +85,11 @@ def parse(spec: str) -> list[Fault]:
     faults = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
         match = re.fullmatch(r"([a-z.-]+)(?:@(?:step=)?(\d+)(?:-(\d+))?)?(?::([a-z]+))?", item)
-        if not match or match.group(1) not in TRAINING + CHECKPOINT:
-            raise ValueError(f"{ENV}: cannot read {item!r}; names: {', '.join(TRAINING + CHECKPOINT)}")
+        names = TRAINING + CHECKPOINT + DISK
+        if not match or match.group(1) not in names:
+            raise ValueError(f"{ENV}: cannot read {item!r}; names: {', '.join(names)}")
         name, first, last, action = match.groups()
-        allowed = ("kill", "enospc") if name in CHECKPOINT else ("once", "every")
+        allowed = ("kill", "enospc", "library") if name in CHECKPOINT else ("once", "every")
         action = action or allowed[0]
         if action not in allowed:
             raise ValueError(f"{ENV}: action {action!r} in {item!r}; use {' or '.join(allowed)}")
@@ -153,7 +171,49 @@ class Faults:
             return
         if fault.action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if fault.action == "library":
+            from safetensors import SafetensorError
+
+            raise SafetensorError(
+                f"Error while serializing: I/O error: No space left on device (os error 28) ({point})"
+            )
         raise OSError(errno.ENOSPC, f"No space left on device (injected at {point})")
+
+    def at_boundary(self, step: int, run_dir: Path) -> None:
+        """Fill or free the run's filesystem at the boundary of ``step`` (``disk-fill`` / ``disk-free``)."""
+        if not self.faults:
+            return
+        if self._fires("disk-free", step):
+            (run_dir / FILLER).unlink(missing_ok=True)
+        if self._fires("disk-fill", step):
+            fill(run_dir)
+
+    def fill_disk(self, point: str, run_dir: Path) -> None:
+        """Fill the run's filesystem before ``point`` (``final``, ``merge``, ``report``) is written."""
+        if self.faults and self._fires(f"disk-fill.{point}", None):
+            fill(run_dir)
+
+
+def fill(directory: Path) -> None:
+    """Write a filler file until the filesystem holding ``directory`` has no byte left."""
+    free = shutil.disk_usage(directory).free
+    if free > MAX_FILL_BYTES:
+        raise ConfigError(
+            f"{ENV}: refusing to fill a filesystem with {free:,} bytes free ({directory}).",
+            hint="Disk faults are for runs whose output is on a small test filesystem (a tmpfs).",
+        )
+    fd = os.open(directory / FILLER, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        chunk = 1 << 20
+        while chunk:
+            try:
+                os.write(fd, b"\0" * chunk)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                chunk //= 2
+    finally:
+        os.close(fd)
 
 
 NO_FAULTS = Faults()

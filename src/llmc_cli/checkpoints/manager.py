@@ -19,7 +19,7 @@ from typing import Any, Literal
 from llmc_cli.checkpoints import catalog
 from llmc_cli.checkpoints.commit import clean_unfinished, commit
 from llmc_cli.checkpoints.retention import prune
-from llmc_cli.errors import TrainingError
+from llmc_cli.durable import disk_error, disk_full
 from llmc_cli.events import CheckpointSaved, EventBus, TrainingWarning
 from llmc_cli.faults import NO_FAULTS, Faults
 
@@ -75,13 +75,21 @@ class CheckpointManager:
         started = time.perf_counter()
         try:
             path = commit(self.root, catalog.checkpoint_name(step), write, step=step, faults=self.faults)
-        except OSError as exc:
-            message = f"Checkpoint at step {step} could not be written ({exc.strerror or exc}); older ones are intact."
+        except Exception as exc:  # noqa: BLE001 - any library's full-disk error; others re-raised
+            if not disk_error(exc):
+                raise
+            full = disk_full(exc, f"the checkpoint of step {step}", self.root, self._expected_size())
+            message = (
+                f"Checkpoint at step {step} could not be written to {self.root}: {full.detail}; "
+                "older ones are intact."
+            )
+            going_on = self.policy.on_error == "continue"
+            if going_on and reason in ("interval", "epoch", "best"):
+                message += " Training goes on."
             self.bus.emit(TrainingWarning("checkpoint", message))
-            if self.policy.on_error == "stop":
-                raise TrainingError(
-                    message, hint="Free disk space, then `llmc resume` this run; or set on_checkpoint_error=continue."
-                ) from exc
+            if not going_on:
+                full.hint = "Free disk space, then `llmc resume` this run; or set on_checkpoint_error=continue."
+                raise full from exc
             return None
         self.last_saved_step = step
         self._last_saved_at = time.monotonic()
@@ -99,3 +107,8 @@ class CheckpointManager:
             )
         )
         return path
+
+    def _expected_size(self) -> int | None:
+        """The size of the newest complete checkpoint: about what the next one needs."""
+        done = [e for e in catalog.entries(self.run_dir) if e.complete]
+        return done[-1].size_bytes if done else None

@@ -8,6 +8,7 @@ from what the engine holds in memory when the error reaches it, not from files r
 
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 
 from llmc_cli.checkpoints import catalog
 from llmc_cli.checkpoints.manifest import verify
-from llmc_cli.durable import write_json, write_text
+from llmc_cli.durable import disk_error, write_json, write_text
 from llmc_cli.engine.recovery import classify
 from llmc_cli.errors import LlmcError
 
@@ -39,6 +40,11 @@ SUGGESTIONS: dict[str, list[str]] = {
         "Keep --max-grad-norm at 1.0 or below, with adaptive clipping on.",
         "On GPUs without bf16, fp16 overflows more easily: try --precision fp32.",
         "Look at the data around the failing step for broken or extreme examples.",
+    ],
+    "disk": [
+        "Free space on the disk holding the run (df -h RUN), or move the run and resume it there.",
+        "Keep fewer checkpoints: --max-checkpoints 1 --keep-best 0.",
+        "Then continue: llmc resume RUN.",
     ],
     "checkpoint": [
         "Check the run's checkpoints: llmc checkpoints verify RUN.",
@@ -67,8 +73,12 @@ class Standing:
 
 def write_failure_report(
     run_dir: Path, error: BaseException, standing: Standing, checkpoint: Path | None = None
-) -> Path:
-    """Write ``failure.json`` and ``failure.txt`` into ``run_dir``; returns the text report's path."""
+) -> Path | None:
+    """Write ``failure.json`` and ``failure.txt`` into ``run_dir``; returns the text report's path.
+
+    Each file is written atomically; when the disk cannot take them (full, failing, read-only)
+    neither is left half-written and the report goes to stderr instead (returns None).
+    """
     cause = classify(error)
     resume_from = checkpoint if checkpoint is not None and verify(checkpoint).ok else catalog.valid_before(run_dir)[0]
     resume = f"llmc resume {run_dir}" + (f" --from {resume_from.name}" if resume_from else "")
@@ -92,9 +102,17 @@ def write_failure_report(
     }
     if not isinstance(error, LlmcError):
         report["traceback"] = "".join(traceback.format_exception(error))
-    write_json(run_dir / "failure.json", report)
     text = run_dir / "failure.txt"
-    write_text(text, render(report))
+    try:
+        write_json(run_dir / "failure.json", report)
+        write_text(text, render(report))
+    except OSError as exc:
+        if not disk_error(exc):
+            raise
+        (run_dir / "failure.json").unlink(missing_ok=True)  # no report without its text twin
+        print(f"llmc: could not write the failure report to {run_dir} ({exc.strerror}); here it is:", file=sys.stderr)
+        print(render(report), file=sys.stderr)
+        return None
     return text
 
 

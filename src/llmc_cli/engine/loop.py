@@ -193,6 +193,7 @@ class Loop:
     def _at_boundary(self, done: StepDone | None, last: bool) -> None:
         """The controls decide (on this step, then on a scheduled evaluation); checkpoints are saved."""
         step = self.state.step
+        self.faults.at_boundary(step, self.s.run_dir)
         if done is not None:
             self.state.after_step(step, done.loss, done.grad_norm)
         if step % self.s.eval_every == 0 and not last:

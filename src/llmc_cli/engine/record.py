@@ -10,10 +10,12 @@ after the state it went back to, and the later attempt logged them again after a
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from llmc_cli.durable import read_jsonl
+from llmc_cli.durable import disk_error, read_jsonl
 from llmc_cli.events import EvalEnded, Event, RolledBack, RunResumed, StepEnded
 
 METRICS, EVENTS = "metrics.jsonl", "events.jsonl"
@@ -24,12 +26,19 @@ METRIC_KINDS = {StepEnded: "train", EvalEnded: "eval", RunResumed: "resume", Rol
 class JsonlRecorder:
     """Appends metrics (steps and evals) to metrics.jsonl and every event to events.jsonl.
 
-    Lines are flushed as written, so a killed run keeps everything logged until then.
+    Each line goes to the OS as it is written, so a killed run keeps everything logged until
+    then. On a full or failing disk a line is dropped, not the run: the loss is counted
+    (``lost``), said once on stderr, and writing resumes on a fresh line when space returns.
     """
 
     def __init__(self, run_dir: Path) -> None:
-        self._metrics = _append(run_dir / METRICS)
-        self._events = _append(run_dir / EVENTS)
+        self._metrics = _Appender(run_dir / METRICS)
+        self._events = _Appender(run_dir / EVENTS)
+
+    @property
+    def lost(self) -> int:
+        """Lines that could not be written (a full disk)."""
+        return self._metrics.lost + self._events.lost
 
     def __call__(self, event: Event) -> None:
         record = event.to_dict()
@@ -43,17 +52,38 @@ class JsonlRecorder:
         self._events.close()
 
 
-def _append(path: Path):
-    """Open for appending, starting on a fresh line if a killed writer left half of one."""
-    torn = False
-    if path.is_file() and path.stat().st_size:
-        with path.open("rb") as handle:
-            handle.seek(-1, 2)
-            torn = handle.read(1) != b"\n"
-    handle = path.open("a", encoding="utf-8", buffering=1)
-    if torn:
-        handle.write("\n")
-    return handle
+class _Appender:
+    """One JSON-lines file open for appending, starting on a fresh line if a writer left half of one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lost = 0
+        self.torn = False
+        if path.is_file() and path.stat().st_size:
+            with path.open("rb") as handle:
+                handle.seek(-1, 2)
+                self.torn = handle.read(1) != b"\n"
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(self, line: str) -> None:
+        data = (b"\n" if self.torn else b"") + line.encode("utf-8")
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self.fd, data[written:])
+        except OSError as exc:
+            if not disk_error(exc):
+                raise
+            self.torn = self.torn or written > 0
+            self.lost += 1
+            if self.lost == 1:
+                print(f"llmc: cannot write {self.path} ({exc.strerror}); dropping its lines until space returns.",
+                      file=sys.stderr)  # fmt: skip
+            return
+        self.torn = False
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

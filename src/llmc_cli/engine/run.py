@@ -9,12 +9,13 @@ trackers, a tuner's pruning reporter); the engine attaches only the run's own re
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmc_cli.durable import write_json
+from llmc_cli.durable import disk_error, disk_full, write_json
 from llmc_cli.engine import export
 from llmc_cli.engine.failure import Standing, write_failure_report
 from llmc_cli.engine.interrupt import StopRequest
@@ -23,7 +24,7 @@ from llmc_cli.engine.record import JsonlRecorder
 from llmc_cli.engine.recovery import free_memory
 from llmc_cli.engine.resume import ResumeTarget
 from llmc_cli.engine.summary import FitResult, build_summary
-from llmc_cli.errors import LlmcError, RunInterrupted, UnexpectedFailure
+from llmc_cli.errors import DiskFull, LlmcError, RunInterrupted, UnexpectedFailure
 from llmc_cli.events import EventBus, RunEnded, RunResumed, TrainingWarning
 from llmc_cli.faults import NO_FAULTS, Faults
 
@@ -69,7 +70,7 @@ def train(
         if isinstance(exc, RunInterrupted):
             outcome.status = "interrupted"
         elif isinstance(exc, Exception):  # (a second Ctrl-C goes straight out)
-            error = _report_failure(run_dir, exc, outcome.loop)
+            error = _report_failure(run_dir, exc, outcome.loop, faults)
             if error is not exc:
                 raise error from exc
         raise
@@ -78,12 +79,24 @@ def train(
             outcome.status, run_dir, time.perf_counter() - started, outcome.facts or {}, outcome.result,
             outcome.adapter_dir, error,
         )  # fmt: skip
-        write_json(run_dir / "summary.json", summary)
         bus.emit(RunEnded(outcome.status, str(run_dir), summary["adapter_dir"], summary))
         bus.flush()
         bus.unsubscribe(record)
         record.close()
+        if record.lost:
+            summary["records_lost"] = record.lost
+        _write_summary(run_dir, summary)
     return run_dir
+
+
+def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """``summary.json``, or a line on stderr when the disk cannot take it (the run's outcome stands)."""
+    try:
+        write_json(run_dir / "summary.json", summary)
+    except OSError as exc:
+        if not disk_error(exc):
+            raise
+        print(f"llmc: could not write {run_dir / 'summary.json'} ({exc.strerror}).", file=sys.stderr)
 
 
 def _run(plan, run_dir, bus, stop, resume, faults, outcome: _Outcome) -> None:
@@ -108,25 +121,33 @@ def _run(plan, run_dir, bus, stop, resume, faults, outcome: _Outcome) -> None:
     outcome.result = loop.fit(restored)
     if config.model.optimize_memory:
         free_memory()  # training's buffers, before export (and a second copy of the model to merge)
+    faults.fill_disk("final", run_dir)
     outcome.adapter_dir = export.save_adapter(session, run_dir / "final")
     if config.run.merge:
+        faults.fill_disk("merge", run_dir)
         outcome.facts["merged_dir"] = str(export.merge(session, outcome.adapter_dir, run_dir / "merged"))
     outcome.status = "completed"
 
 
-def _report_failure(run_dir: Path, exc: Exception, loop) -> LlmcError:
+def _report_failure(run_dir: Path, exc: Exception, loop, faults: Faults) -> LlmcError:
     """Keep a resumable state, write the failure report, and return the error to raise."""
     try:
         saved = loop.save_for_failure(exc) if loop is not None else None
     except Exception:  # the report matters more than this save
         saved = None
-    report = write_failure_report(run_dir, exc, loop.standing() if loop is not None else Standing(), saved)
     error = exc
-    if not isinstance(exc, LlmcError):
+    if not isinstance(exc, LlmcError) and disk_error(exc):
+        error = disk_full(exc, "the run's files", run_dir)
+    faults.fill_disk("report", run_dir)
+    report = write_failure_report(run_dir, error, loop.standing() if loop is not None else Standing(), saved)
+    where = report or "the failure report printed above"
+    if isinstance(error, DiskFull) and saved is not None:
+        error.message += f" Training state saved as {saved}."
+    elif not isinstance(error, LlmcError):
         error = UnexpectedFailure(
             f"Training stopped on an error llmc has no recovery for: {type(exc).__name__}: {exc}. "
             f"State saved as {saved or 'no checkpoint'}.",
-            hint=f"Read {report}, then continue with `llmc resume {run_dir}`; "
+            hint=f"Read {where}, then continue with `llmc resume {run_dir}`; "
             "run with LLMC_DEBUG=1 to see the traceback.",
         )
     error.report = report
