@@ -104,6 +104,7 @@ class FineTuner:
                 after SIGINT/SIGTERM (a checkpoint is saved; ``FineTuner.resume(run_dir)`` continues).
         """
         from llmc_cli.engine.run import train
+        from llmc_cli.models.kind import check_causal, load_config
         from llmc_cli.monitor.attach import observe
         from llmc_cli.monitor.reporters import check_installed
 
@@ -111,6 +112,8 @@ class FineTuner:
         config = plan.resolved.config
         check_installed(config.run.report_to)  # before a run directory exists
         faults = self._faults if self._faults is not None else Faults.from_env()
+        if self._resume is None:  # the wrong kind of model is refused before a run directory exists
+            check_causal(load_config(plan.source.location), plan.source.location)
         run_dir = self._resume.run_dir if self._resume is not None else start_run(plan)
         bus = EventBus()
         for subscriber in self._subscribers:

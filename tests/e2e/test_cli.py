@@ -63,6 +63,7 @@ def test_failure_reports_then_resume_completes_and_merges(llmc, tmp_path, tiny_m
 
 
 BAD = '{"question": "What is 1+1?", "answer": "2"}\n{"question": "broken", "answer": \n'
+QA = '{"question": "q", "answer": "a"}\n'
 
 
 @pytest.mark.parametrize(
@@ -109,6 +110,18 @@ BAD = '{"question": "What is 1+1?", "answer": "2"}\n{"question": "broken", "answ
             "unknown key 'lora_rank' (did you mean 'lora_r'?)",
         ),
         ({}, ["--max-steps", "3"], 2, "No training data given."),
+        *[
+            ({"d.jsonl": QA, "m/config.json": json.dumps(config)}, ["--data", "d.jsonl", "--model", "m"], 4, message)
+            for config, message in (
+                ({"model_type": "bert", "architectures": ["BertForMaskedLM"]}, "is a bidirectional encoder (Bert"),
+                ({"model_type": "distilbert"}, "is a 'distilbert' model (distilbert), which has no causal"),
+                ({"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]}, "is an encoder-decoder"),
+                (
+                    {"model_type": "llama", "architectures": ["LlamaForSequenceClassification"]},
+                    "its head is not a language-model head",
+                ),
+            )
+        ],
         (
             {"d.jsonl": '{"question": "q", "answer": "a"}\n', "llmc.toml": "compile_model = true\n"},
             ["--data", "d.jsonl", "--config", "llmc.toml"],
@@ -120,12 +133,13 @@ BAD = '{"question": "What is 1+1?", "answer": "2"}\n{"question": "broken", "answ
 def test_bad_input_gets_one_message_and_no_traceback(llmc, tmp_path, files, args, code, message):
     for name, content in files.items():
         path = tmp_path / name
+        path.parent.mkdir(exist_ok=True)
         path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     result = llmc("train", *args, cwd=tmp_path, timeout=120)
     assert result.returncode == code, result.stderr
     assert message in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr + result.stdout
-    assert not (tmp_path / "runs").exists()  # nothing is created for a run that cannot start
+    assert not (tmp_path / "runs").is_dir()  # nothing is created for a run that cannot start
 
 
 def test_hub_failure_is_fast_even_when_online_checks_are_allowed(llmc_command, tmp_path):
@@ -219,3 +233,37 @@ def test_shipped_bash_completion_completes_commands_and_choices(tmp_path):
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert result.stdout.splitlines() == ["highspeed quality bestaccuracy", "presets"], result.stderr
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused_before_training(llmc, tmp_path, tiny_model_dir, gsm8k_train):
+    model = tmp_path / "small-vocab"
+    model.mkdir()
+    for path in tiny_model_dir.iterdir():
+        if path.suffix == ".json" and path.name != "config.json":  # the tokenizer files; no weights needed
+            (model / path.name).write_bytes(path.read_bytes())
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    config["vocab_size"] = 100
+    (model / "config.json").write_text(json.dumps(config))
+    result = llmc("train", "--data", gsm8k_train, "--model", model, "--limit", "8", cwd=tmp_path, timeout=120)
+    assert result.returncode == 4, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "tokens but the model embeds only 100" in said and "resize_token_embeddings" in said
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("afile", "afile is a file, not a folder"),
+        ("afile/runs", "afile is a file, not a folder"),
+        ("/proc/llmc-runs", "Cannot create the run folder under --output /proc/llmc-runs"),
+    ],
+    ids=["file", "under-a-file", "uncreatable"],
+)
+def test_an_unusable_output_is_refused_before_the_model_loads(llmc, tmp_path, tiny_model_dir, output, message):
+    (tmp_path / "afile").write_text("keep me")
+    (tmp_path / "d.jsonl").write_text(QA)
+    result = llmc("train", "--data", "d.jsonl", "--model", tiny_model_dir, "--output", output, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
+    assert (tmp_path / "afile").read_text() == "keep me"

@@ -25,6 +25,7 @@ from llmc_cli.engine.loss import TokenLoss, model_inputs
 from llmc_cli.engine.plan import RunPlan
 from llmc_cli.errors import DataError
 from llmc_cli.events import EventBus, RunStarted, TrainingWarning
+from llmc_cli.models.kind import check_causal, check_vocabulary, load_config
 from llmc_cli.models.loading import BILLION, add_lora, load_base_model, load_tokenizer, parameter_count
 from llmc_cli.optimize.allocator import keep_freed_memory
 from llmc_cli.optimize.attention import NAME as PACKED_ATTENTION
@@ -150,7 +151,10 @@ def open_session(plan: RunPlan, run_dir: Path, bus: EventBus) -> Session:
     set_seed(cfg.training.seed)
     kept_freed_memory = on_cpu and keep_freed_memory()
 
+    model_config = load_config(plan.source.location)
+    check_causal(model_config, plan.source.location)
     tokenizer = load_tokenizer(plan.source)
+    check_vocabulary(model_config, tokenizer, plan.source.location)
     template_origin = ensure_chat_template(tokenizer, plan.source.family)
     rows = _build_rows(plan, tokenizer, bus)
 
