@@ -21,7 +21,7 @@ from llmc_cli.faults import FILLER
 MOUNT_SCRIPT = """
 set -u
 disk=$1; out=$2; shift 2
-mount -t tmpfs -o size=64m tmpfs "$disk" || exit 90
+mount -t tmpfs -o "$LLMC_TEST_MOUNT" tmpfs "$disk" || exit 90
 "$@"
 rc=$?
 find "$disk" -name '{filler}' -delete
@@ -47,12 +47,12 @@ pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=f"real full-disk tes
 def small_disk(tmp_path, llmc_command):
     """``run(*llmc_args, faults=...)`` -> (CompletedProcess, copy of the tmpfs after the run)."""
 
-    def run(*args, faults: str):
+    def run(*args, faults: str = "", mount: str = "size=64m"):
         disk, out = tmp_path / "disk", tmp_path / "out"
         disk.mkdir()
         out.mkdir()
         argv = [*llmc_command, *map(str, args), "--output", str(disk), "--run-name", "run"]
-        env = {"LLMC_FAULTS": faults, "COLUMNS": "200"}
+        env = {"LLMC_FAULTS": faults, "COLUMNS": "200", "LLMC_TEST_MOUNT": mount}
         result = subprocess.run(
             ["unshare", "-rm", "sh", "-c", MOUNT_SCRIPT, "sh", str(disk), str(out), *argv],
             capture_output=True,
@@ -134,3 +134,9 @@ def test_a_failure_report_that_cannot_be_written_goes_to_stderr(small_disk, tiny
     assert not (run / "failure.json").exists() and not (run / "failure.txt").exists()
     assert not (run / "summary.json").exists() and not no_leftovers(run)
     assert verify(run / "checkpoints" / "step-000002").ok
+
+
+def test_an_output_on_a_read_only_filesystem_is_refused_before_the_model_loads(small_disk, tiny_model_dir, gsm8k_train):
+    result, _ = small_disk(*base_args(gsm8k_train, tiny_model_dir), mount="size=1m,ro")
+    assert result.returncode == 2, result.stderr
+    assert "it is on a read-only filesystem" in " ".join(result.stderr.split()) and "Traceback" not in result.stderr

@@ -92,11 +92,10 @@ def resolve_run(spec: str | Path, output: Path = Path("runs")) -> Path:
 def checkpoint_by_spec(run_dir: Path, which: str) -> Path:
     """``latest``, ``best``, ``step-N`` / ``N``, or a path to a checkpoint directory."""
     found = entries(run_dir)
-    if which == "latest":
-        complete = [e for e in found if e.complete]
-        if not complete:
+    if which == "latest":  # the newest, complete or not: one without its manifest is refused aloud
+        if not found:
             raise CheckpointError(f"{run_dir} has no complete checkpoint.", hint=_no_checkpoint_hint(run_dir))
-        return complete[-1].path
+        return found[-1].path
     if which == "best":
         chosen = best(found)
         if chosen is None:

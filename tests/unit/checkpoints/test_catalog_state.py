@@ -140,3 +140,14 @@ def test_manager_saves_on_interval_time_and_never_twice_per_step(tmp_path, monke
     assert names == ["step-000010", "step-000013", "step-000020"]  # newest two and the best
     saved = [e for e in events if type(e).__name__ == "CheckpointSaved"]
     assert [e.step for e in saved] == [3, 10, 13, 20] and saved[2].removed == ["step-000003"]
+
+
+def test_a_newest_checkpoint_without_its_manifest_is_refused_aloud(tmp_path):
+    """Issue 13: resume passed over such a checkpoint without a word."""
+    run = _fake_run(tmp_path, [(2, 3.0), (4, 1.0)])
+    (run / "checkpoints" / "step-000004" / "manifest.json").unlink()
+    chosen, refused = catalog.newest_valid(run, catalog.checkpoint_by_spec(run, "latest"))
+    assert chosen.name == "step-000002"
+    assert [(r.path.name, r.reason()) for r in refused] == [
+        ("step-000004", "manifest.json is missing (an unfinished or damaged checkpoint)")
+    ]
