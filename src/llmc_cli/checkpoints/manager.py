@@ -80,8 +80,7 @@ class CheckpointManager:
                 raise
             full = disk_full(exc, f"the checkpoint of step {step}", self.root, self._expected_size())
             message = (
-                f"Checkpoint at step {step} could not be written to {self.root}: {full.detail}; "
-                "older ones are intact."
+                f"Checkpoint at step {step} could not be written to {self.root}: {full.detail}; older ones are intact."
             )
             going_on = self.policy.on_error == "continue"
             if going_on and reason in ("interval", "epoch", "best"):
