@@ -215,7 +215,9 @@ class RunSettings(_Section):
         "divergence (skip, roll back, lower LR); false fails at once with a report.",
     )
     max_rollbacks: int = Field(3, ge=0, description="Rollbacks to the last good state before giving up.")
-    max_oom_retries: int = Field(4, ge=0, description="Out-of-memory fallbacks before giving up.")
+    max_oom_retries: int = Field(
+        8, ge=0, description="Out-of-memory fallbacks before giving up (8 halve a micro-batch of 128 to 1)."
+    )
     nan_tolerance: int = Field(3, ge=1, description="Non-finite steps in a row that are skipped before rolling back.")
     spike_threshold: float = Field(
         3.0,

@@ -72,7 +72,7 @@ class Evaluator:
         targets = torch.zeros((), device=s.accelerator.device, dtype=torch.long)
         self.faults.in_eval(step)
         for batch in s.eval_loader:
-            for part in split_batch(batch, self.recovery.state.eval_split):
+            for part in split_batch(batch, self.recovery.state.eval_parts()):
                 loss_sum += s.loss(s.model, part).double()
                 targets += target_count(part)
         return loss_sum, targets

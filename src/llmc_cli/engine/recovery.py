@@ -94,7 +94,7 @@ def recoverable(exc: BaseException) -> str | None:
 @dataclass(frozen=True)
 class Budget:
     enabled: bool = True
-    max_oom_retries: int = 4
+    max_oom_retries: int = 8  # enough to halve a micro-batch of 128 down to 1, then checkpoint
     max_rollbacks: int = 3
     nan_tolerance: int = 3
     max_skipped_batches: int = 10
@@ -112,6 +112,11 @@ class RecoveryState:
     consecutive_bad: int = 0
     skipped_steps: list[int] = field(default_factory=list)
     spike_steps: list[int] = field(default_factory=list)  # spikes that caused a rollback
+
+    def eval_parts(self) -> int:
+        """The micro-batches an eval batch runs as: never larger than the training's (an evaluation
+        needs less memory per row than a training step, so what fits in training fits here)."""
+        return max(self.eval_split, self.split)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,7 +158,7 @@ class Recovery:
         """A bigger split and/or gradient checkpointing to retry with; raises OutOfMemory past the budget."""
         where = "evaluation" if evaluating else "training step"
         s = self.state
-        current = s.eval_split if evaluating else s.split
+        current = s.eval_parts() if evaluating else s.split
         can_split = -(-rows // current) > 1
         if (
             not self.budget.enabled
@@ -164,7 +169,7 @@ class Recovery:
         s.oom_retries += 1
         free_memory()
         if evaluating:
-            s.eval_split *= 2
+            s.eval_split = current * 2
             self.journal.record(
                 step,
                 kind,
