@@ -130,6 +130,7 @@ def test_a_failure_report_that_cannot_be_written_goes_to_stderr(small_disk, tiny
     result, run = small_disk(*base_args(gsm8k_train, tiny_model_dir), faults="error@3,disk-fill.report")
     assert result.returncode == 9, result.stderr
     assert "could not write the failure report" in result.stderr and "llmc run failed: other" in result.stderr
+    assert "Traceback" not in result.stderr and "Python stack is left out" in result.stderr
     assert "could not write" in result.stderr and "summary.json" in result.stderr
     assert not (run / "failure.json").exists() and not (run / "failure.txt").exists()
     assert not (run / "summary.json").exists() and not no_leftovers(run)

@@ -111,7 +111,10 @@ def write_failure_report(
             raise
         (run_dir / "failure.json").unlink(missing_ok=True)  # no report without its text twin
         print(f"llmc: could not write the failure report to {run_dir} ({exc.strerror}); here it is:", file=sys.stderr)
-        print(render(report), file=sys.stderr)
+        shown = {k: v for k, v in report.items() if k != "traceback"}  # a traceback belongs in a file
+        print(render(shown), file=sys.stderr)
+        if "traceback" in report:
+            print("(The Python stack is left out here; run again with LLMC_DEBUG=1 to see it.)", file=sys.stderr)
         return None
     return text
 
