@@ -13,6 +13,16 @@ shared Llama-2 tokenizer where ../shared has it) with one fault at a random step
   from outside the process:
     sigkill (kill -9 at a random step), corrupt (kill -9 after the second checkpoint, then
     flip a byte, truncate or delete a file of the newest checkpoint), lr10 (--lr 10)
+  real full disks (the run's --output on a 64 MB tmpfs in a private mount namespace, filled
+  for real by the disk-fill faults; not run, with the reason, where mounting is not allowed):
+    disk-ckpt (full at a random checkpoint, space back two steps later: training must go on),
+    disk-final (full at the final save: exit 10, no half final/, then space freed + resume),
+    disk-report (an error, then full when the failure report is written: the report goes to
+    stderr, then space freed + resume)
+  user mistakes, which must be refused cleanly (documented exit code, one message, no run
+  left half-made) rather than recovered:
+    bert (a bidirectional encoder as --model: exit 4), t5 (an encoder-decoder: exit 4),
+    out-file (--output is a file: exit 2)
 
 A run that exits non-zero is continued with `llmc resume` (without the fault) when it left
 a checkpoint, as a user would. A trial *recovers* when it ends with a completed, finite
@@ -28,6 +38,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,9 +53,31 @@ LLMC = [sys.executable, "-c", "from llmc_cli.cli.app import main; main()"]
 STEPS = 14
 KINDS = (
     "oom", "cpu-oom", "eval-oom", "nan", "nan-burst", "spike", "spike-repeat", "data", "error", "enospc",
-    "sigkill", "corrupt", "lr10",
+    "sigkill", "corrupt", "lr10", "disk-ckpt", "disk-final", "disk-report", "bert", "t5", "out-file",
 )  # fmt: skip
-ENDS_PROCESS = {"sigkill", "corrupt", "error"}
+ENDS_PROCESS = {"sigkill", "corrupt", "error", "disk-final", "disk-report"}
+ON_SMALL_DISK = {"disk-ckpt", "disk-final", "disk-report"}
+REFUSED = {"bert": 4, "t5": 4, "out-file": 2}  # user mistakes: the exit code that refuses them
+WRONG_MODELS = {
+    "bert": {"model_type": "bert", "architectures": ["BertForMaskedLM"], "vocab_size": 32000},
+    "t5": {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "vocab_size": 32000},
+}
+SMALL_DISK_SCRIPT = """
+disk=$1; out=$2; name=$3; shift 3
+mount -t tmpfs -o size=64m tmpfs "$disk" || exit 90
+"$@" --output "$disk/runs" > "$out/train.out" 2> "$out/train.err"
+rc=$?
+echo $rc > "$out/first_exit"
+find "$disk" -name '.llmc-disk-filler' -delete  # the user frees space
+if [ $rc -ne 0 ] && [ -d "$disk/runs/$name/checkpoints" ]; then
+  env -u LLMC_FAULTS "$PYTHON" -c "from llmc_cli.cli.app import main; main()" \\
+    resume "$disk/runs/$name" --no-dashboard > "$out/resume.out" 2> "$out/resume.err"
+  rc=$?
+  echo 1 > "$out/resumed"
+fi
+mkdir -p "$out/runs" && cp -a "$disk/runs/." "$out/runs/"
+exit $rc
+"""
 
 
 def prepare(workdir: Path) -> tuple[Path, Path]:
@@ -184,11 +217,98 @@ def evidence(kind: str, run_dir: Path, first_exit: int) -> str | None:
     return ", ".join(actions) or None
 
 
+def small_disk_problem() -> str | None:
+    """None when a tmpfs can be mounted in a private mount namespace here, else why not."""
+    try:
+        probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+                               capture_output=True, text=True)  # fmt: skip
+    except FileNotFoundError:
+        return "unshare is not installed"
+    return None if probe.returncode == 0 else f"cannot mount a tmpfs: {probe.stderr.strip()}"
+
+
+def disk_trial(kind: str, rng: random.Random, model: Path, data: Path, root: Path, name: str, seed: int) -> dict:
+    """A run whose output is a small tmpfs that fills up for real; a failed run is resumed after
+    the space is freed, in the same namespace. Results are copied to root/runs."""
+    if kind == "disk-ckpt":
+        step = rng.choice([3, 6, 9])  # checkpoints every 3 steps: fill just before one, free after
+        spec = f"disk-fill@{step - 1},disk-free@{step + 1}"
+    elif kind == "disk-final":
+        spec = "disk-fill.final"
+    else:
+        spec = f"error@step={rng.randint(2, STEPS - 1)},disk-fill.report"
+    work = root / "disk" / name
+    disk, out = work / "mnt", work / "out"
+    disk.mkdir(parents=True)
+    out.mkdir()
+    args = train_args(data, model, name, seed)
+    env = {**os.environ, "LLMC_FAULTS": spec, "PYTHON": sys.executable, "COLUMNS": "160"}
+    process = subprocess.run(["unshare", "-rm", "sh", "-c", SMALL_DISK_SCRIPT, "sh", str(disk), str(out), name,
+                              *LLMC, *args], env=env, capture_output=True, text=True, cwd=root)  # fmt: skip
+    first = int((out / "first_exit").read_text()) if (out / "first_exit").is_file() else process.returncode
+    errors = "".join(p.read_text() for p in out.glob("*.err"))
+    target = root / "runs" / name
+    shutil.copytree(out / "runs" / name, target) if (out / "runs" / name).is_dir() else None
+    return {"fault": spec, "exit": first, "final_exit": process.returncode, "resumes": int((out / "resumed").is_file()),
+            "traceback": "Traceback" in errors, "stderr": errors, "run_dir": target}  # fmt: skip
+
+
+def refusal_trial(kind: str, model: Path, data: Path, root: Path, name: str, seed: int) -> dict:
+    """A user mistake: it must end at once with its documented exit code and leave no run behind."""
+    args = train_args(data, model, name, seed)
+    if kind in WRONG_MODELS:
+        wrong = root / "wrong-models" / kind
+        wrong.mkdir(parents=True, exist_ok=True)
+        (wrong / "config.json").write_text(json.dumps(WRONG_MODELS[kind]))
+        args[args.index("--model") + 1] = str(wrong)
+        fault = f"--model {kind} config"
+    else:
+        (root / "a-file").write_text("not a folder")
+        args += ["--output", str(root / "a-file")]
+        fault = "--output is a file"
+    code, _, err = run(args, root)
+    message = err.strip().splitlines()[0] if err.strip() else ""
+    return {"fault": fault, "exit": code, "final_exit": code, "resumes": 0, "traceback": "Traceback" in err,
+            "message": message, "left_run": (root / "runs" / name).exists()}  # fmt: skip
+
+
+def disk_evidence(kind: str, run_dir: Path, first_exit: int, stderr: str) -> str | None:
+    """What shows the full disk was met and handled as documented (None: no sign of it)."""
+    if kind == "disk-ckpt":
+        warned = [e for e in events(run_dir) if e.get("event") == "TrainingWarning" and "could not be written" in
+                  e["message"]]  # fmt: skip
+        return "checkpoint dropped, warned, went on" if warned or "could not be written" in stderr else None
+    if kind == "disk-final":
+        half = (run_dir / "final.partial").exists()
+        return "exit 10, no half final/, resumed" if first_exit == 10 and not half and "Disk full" in stderr else None
+    return "report on stderr, resumed" if "could not write the failure report" in stderr else None
+
+
 def trial(index: int, kind: str, rng: random.Random, model: Path, data: Path, root: Path) -> dict:
     name = f"t{index:03d}-{kind}"
     seed = rng.randint(0, 10_000)
     record: dict = {"trial": index, "kind": kind, "seed": seed}
     started = time.perf_counter()
+    if kind in REFUSED:
+        record.update(refusal_trial(kind, model, data, root, name, seed))
+        clean = record["exit"] == REFUSED[kind] and not record["traceback"] and not record["left_run"]
+        record.update(end="refused", first_end="refused", recovered=clean, never_neither=True,
+                      evidence=record["message"][:60] if clean else None,
+                      seconds=round(time.perf_counter() - started, 1))  # fmt: skip
+        return record
+    if kind in ON_SMALL_DISK:
+        result = disk_trial(kind, rng, model, data, root, name, seed)
+        run_dir = result.pop("run_dir")
+        stderr = result.pop("stderr")
+        record.update(result, **outcome(run_dir), seconds=round(time.perf_counter() - started, 1))
+        record["first_end"] = "failed" if record["exit"] else record["end"]
+        record["evidence"] = disk_evidence(kind, run_dir, record["exit"], stderr)
+        expected_first = {"disk-ckpt": 0, "disk-final": 10, "disk-report": 9}[kind]
+        record["recovered"] = (
+            record["end"] == "completed" and record["exit"] == expected_first and record["evidence"] is not None
+        )
+        record["never_neither"] = True
+        return record
     if kind in ("sigkill", "corrupt"):
         # corrupt: after the second checkpoint (step 6), so an older valid one exists to fall back to
         at = rng.randint(7 if kind == "corrupt" else 1, STEPS - 1)
@@ -238,6 +358,10 @@ def main() -> None:
 
     rng = random.Random(args.seed)
     chosen = [k for k in args.kinds.split(",") if k in KINDS]
+    problem = small_disk_problem() if ON_SMALL_DISK & set(chosen) else None
+    if problem:
+        print(f"Not run: {', '.join(sorted(ON_SMALL_DISK & set(chosen)))} ({problem}).")
+        chosen = [k for k in chosen if k not in ON_SMALL_DISK]
     kinds = [chosen[i % len(chosen)] for i in range(args.trials)]
     rng.shuffle(kinds)
     records = []
