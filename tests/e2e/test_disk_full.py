@@ -67,11 +67,11 @@ def small_disk(tmp_path, llmc_command):
     return run
 
 
-def base_args(data, model, steps=6):
+def base_args(data, model, steps=6, report="none"):
     return [
         "train", "--data", data, "--model", model, "--preset", "highspeed", "--max-length", "96",
         "--batch-size", "2", "--grad-accum", "1", "--limit", "24", "--max-steps", steps, "--eval-every", "3",
-        "--checkpoint-interval", "2", "--no-dashboard", "--report-to", "none",
+        "--checkpoint-interval", "2", "--no-dashboard", "--report-to", report,
     ]  # fmt: skip
 
 
@@ -81,8 +81,10 @@ def no_leftovers(run: Path) -> list[str]:
 
 
 def test_a_checkpoint_on_a_full_disk_is_dropped_and_training_goes_on(small_disk, tiny_model_dir, gsm8k_train):
-    result, run = small_disk(*base_args(gsm8k_train, tiny_model_dir), faults="disk-fill@3,disk-free@5")
+    args = base_args(gsm8k_train, tiny_model_dir, report="tensorboard")
+    result, run = small_disk(*args, faults="disk-fill@3,disk-free@5")
     assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "Exception in thread" not in result.stderr
     said = " ".join(result.stdout.split())
     assert "Checkpoint at step 4 could not be written" in said and "No space left on device" in said
     assert "free there" in said and "Training goes on" in said

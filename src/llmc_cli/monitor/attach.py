@@ -7,6 +7,7 @@ at the end is right: the sampler stops, every queued event is delivered, then tr
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -33,4 +34,7 @@ def observe(bus: EventBus, run_dir: Path, config: RunConfig) -> Iterator[EventBu
             yield bus
     finally:
         for tracker in trackers:
-            tracker.close()
+            try:
+                tracker.close()
+            except Exception as exc:  # noqa: BLE001 - a tracker failing to close must not change the run's outcome
+                print(f"llmc: closing {type(tracker).__name__} failed: {exc}", file=sys.stderr)

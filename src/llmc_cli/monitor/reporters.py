@@ -8,9 +8,14 @@ keyed by optimizer step; system samples take the latest step seen.
 from __future__ import annotations
 
 import importlib.util
+import os
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from llmc_cli.durable import disk_error
 from llmc_cli.errors import ConfigError
 from llmc_cli.events import CheckpointSaved, EvalEnded, Event, RunEnded, StepEnded, SystemSampled
 
@@ -69,21 +74,64 @@ class _Reporter:
 
 
 class TensorBoardReporter(_Reporter):
-    """Event files under ``run_dir/tb``: ``tensorboard --logdir runs/`` shows every run."""
+    """Event files under ``run_dir/tb``: ``tensorboard --logdir runs/`` shows every run.
+
+    Records are written synchronously (tensorboard's own record format and protobufs), each
+    flushed to the OS: no background writer thread that dies with a traceback on a full disk.
+    When a write fails for lack of space the file is closed and the scalars dropped (counted);
+    the next write, once space is back, starts a new event file, which TensorBoard reads after
+    the old one (a torn last record in that one is skipped as truncated).
+    """
 
     def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
         super().__init__()
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), flush_secs=10)
+        self.directory = run_dir / "tb"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.files = 0
+        self.lost = 0
+        self._records = None
 
     def write(self, values: dict[str, float], step: int) -> None:
-        for name, value in values.items():
-            self.writer.add_scalar(name, value, step)
+        from tensorboard.compat.proto.event_pb2 import Event as TbEvent
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        summary = Summary(value=[Summary.Value(tag=name, simple_value=value) for name, value in values.items()])
+        self._append(TbEvent(wall_time=time.time(), step=step, summary=summary))
+
+    def _append(self, event) -> None:
+        try:
+            if self._records is None:
+                self._open()
+            self._records.write(event.SerializeToString())
+            self._records.flush()
+        except OSError as exc:
+            if not disk_error(exc):
+                raise
+            self.lost += 1
+            if self.lost == 1:
+                print(f"llmc: cannot write TensorBoard events to {self.directory} ({exc.strerror}); "
+                      "dropping them until space returns.", file=sys.stderr)  # fmt: skip
+            self._discard()
+
+    def _open(self) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event as TbEvent
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self.files += 1
+        name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}.{self.files}"
+        self._records = RecordWriter((self.directory / name).open("ab"))
+        self._records.write(TbEvent(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+
+    def _discard(self) -> None:
+        records, self._records = self._records, None
+        if records is not None:
+            try:
+                records.close()
+            except OSError:  # the close's flush meets the same full disk: the file keeps what it has
+                pass
 
     def close(self) -> None:
-        self.writer.flush()
-        self.writer.close()
+        self._discard()
 
 
 class WandbReporter(_Reporter):

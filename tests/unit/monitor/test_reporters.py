@@ -68,3 +68,31 @@ def test_missing_tracker_is_a_config_error_with_the_install_command(monkeypatch)
     with pytest.raises(ConfigError, match="wandb, which is not installed") as caught:
         reporters.check_installed(("tensorboard", "wandb"))
     assert caught.value.hint.startswith("pip install wandb")
+
+
+def test_tensorboard_drops_scalars_on_a_full_disk_and_starts_a_new_file_after(tmp_path, capsys):
+    import errno
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from llmc_cli.monitor.reporters import TensorBoardReporter
+
+    reporter = TensorBoardReporter(tmp_path, {})
+    reporter.write({"train/loss": 3.0}, 1)
+
+    class FullDisk:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    reporter._records = FullDisk()
+    reporter.write({"train/loss": 2.0}, 2)  # dropped, said once
+    assert reporter.lost == 1 and "dropping them until space returns" in capsys.readouterr().err
+    reporter.write({"train/loss": 1.0}, 3)
+    reporter.close()
+    assert reporter.files == 2 and len(list((tmp_path / "tb").iterdir())) == 2
+    accumulator = EventAccumulator(str(tmp_path / "tb"))
+    accumulator.Reload()
+    assert [(s.step, s.value) for s in accumulator.Scalars("train/loss")] == [(1, 3.0), (3, 1.0)]
