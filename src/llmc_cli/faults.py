@@ -10,7 +10,8 @@ Training faults fire at the given optimizer step, once per process unless the ac
 - ``cpu-oom``  the CPU allocator's failure, as PyTorch raises it under a memory limit
 - ``nan``      the step's loss becomes NaN
 - ``spike``    the step's loss is multiplied by 10
-- ``grad-spike`` the step's gradients are multiplied by 100 before clipping (the loss is not)
+- ``grad-spike`` the step's gradients are multiplied by 20 before clipping (the loss is not): an explosion
+  for the instability control (10x the recent median), below the 100x-the-start divergence test
 - ``data``     the step's batch cannot be read
 - ``error``    any other exception (a bug, a driver failure)
 - ``eval-oom`` out of memory in the evaluation at that step
@@ -56,7 +57,7 @@ DISK = ("disk-fill", "disk-free", "disk-fill.final", "disk-fill.merge", "disk-fi
 FILLER = ".llmc-disk-filler"
 MAX_FILL_BYTES = 2 << 30
 SPIKE_FACTOR = 10.0
-GRAD_SPIKE_FACTOR = 100.0
+GRAD_SPIKE_FACTOR = 20.0
 CPU_OOM_MESSAGE = (
     "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
     "you tried to allocate 268435456 bytes. Error code 12 (Cannot allocate memory) (injected)"

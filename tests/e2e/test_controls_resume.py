@@ -2,7 +2,7 @@
 survives kill -9: the same run twice is identical, and a run killed after the control fired and
 resumed with `llmc resume` ends bit-identical to the uninterrupted one.
 
-The gradient explosion is injected (``grad-spike``: the step's gradients x100 before clipping,
+The gradient explosion is injected (``grad-spike``: the step's gradients x20 before clipping,
 the loss untouched), so the control decides from the loop's own gradient norms, not the monitors'.
 """
 
