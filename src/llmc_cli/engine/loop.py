@@ -239,10 +239,17 @@ class Loop:
         step, stop = self.state.step, self.stop
         self.bus.emit(TrainingWarning("interrupted", f"{stop.reason}: stopped after step {step}"))
         saved = self._checkpoint("interrupt")
-        where = f"checkpoint {saved}" if saved else "no checkpoint (saving failed; see the warning)"
+        if saved is not None:
+            where, hint = f"state saved as checkpoint {saved}", "Continue exactly where it stopped with"
+        else:
+            older = catalog.valid_before(self.s.run_dir)[0]
+            where = "saving the state failed (see the warning); " + (
+                f"the newest checkpoint is {older}" if older else "no checkpoint exists yet"
+            )
+            hint = "Continue from the newest checkpoint with"
         raise RunInterrupted(
-            f"Training stopped by {stop.reason} after step {step} of {self.s.total_steps}; state saved as {where}.",
-            hint=f"Continue exactly where it stopped with: llmc resume {self.s.run_dir}",
+            f"Training stopped by {stop.reason} after step {step} of {self.s.total_steps}; {where}.",
+            hint=f"{hint}: llmc resume {self.s.run_dir}",
         )
 
     def standing(self) -> Standing:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmc_cli.checkpoints import catalog
 from llmc_cli.durable import disk_error, disk_full, write_json
 from llmc_cli.engine import export
 from llmc_cli.engine.failure import Standing, write_failure_report
@@ -135,18 +136,19 @@ def _report_failure(run_dir: Path, exc: Exception, loop, faults: Faults) -> Llmc
         saved = loop.save_for_failure(exc) if loop is not None else None
     except Exception:  # the report matters more than this save
         saved = None
+    kept = saved or catalog.valid_before(run_dir)[0]  # what `llmc resume` continues from
     error = exc
     if not isinstance(exc, LlmcError) and disk_error(exc):
         error = disk_full(exc, "the run's files", run_dir)
     faults.fill_disk("report", run_dir)
     report = write_failure_report(run_dir, error, loop.standing() if loop is not None else Standing(), saved)
     where = report or "the failure report printed above"
-    if isinstance(error, DiskFull) and saved is not None:
-        error.message += f" Training state saved as {saved}."
+    state = f"State saved as {saved}." if saved else f"Newest checkpoint: {kept}." if kept else "No checkpoint yet."
+    if isinstance(error, DiskFull):
+        error.message += f" {state}"
     elif not isinstance(error, LlmcError):
         error = UnexpectedFailure(
-            f"Training stopped on an error llmc has no recovery for: {type(exc).__name__}: {exc}. "
-            f"State saved as {saved or 'no checkpoint'}.",
+            f"Training stopped on an error llmc has no recovery for: {type(exc).__name__}: {exc}. {state}",
             hint=f"Read {where}, then continue with `llmc resume {run_dir}`; "
             "run with LLMC_DEBUG=1 to see the traceback.",
         )
