@@ -246,11 +246,12 @@ def disk_trial(kind: str, rng: random.Random, model: Path, data: Path, root: Pat
     process = subprocess.run(["unshare", "-rm", "sh", "-c", SMALL_DISK_SCRIPT, "sh", str(disk), str(out), name,
                               *LLMC, *args], env=env, capture_output=True, text=True, cwd=root)  # fmt: skip
     first = int((out / "first_exit").read_text()) if (out / "first_exit").is_file() else process.returncode
-    errors = "".join(p.read_text() for p in out.glob("*.err"))
+    errors = "".join(p.read_text() for p in sorted(out.glob("*.err")))
+    said = "".join(p.read_text() for p in sorted(out.glob("*.out")))  # warnings go to the console
     target = root / "runs" / name
     shutil.copytree(out / "runs" / name, target) if (out / "runs" / name).is_dir() else None
     return {"fault": spec, "exit": first, "final_exit": process.returncode, "resumes": int((out / "resumed").is_file()),
-            "traceback": "Traceback" in errors, "stderr": errors, "run_dir": target}  # fmt: skip
+            "traceback": "Traceback" in errors, "stderr": said + errors, "run_dir": target}  # fmt: skip
 
 
 def refusal_trial(kind: str, model: Path, data: Path, root: Path, name: str, seed: int) -> dict:
