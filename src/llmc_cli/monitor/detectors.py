@@ -196,6 +196,9 @@ def throughput_drop(h: History, ratio: float = 0.5) -> Finding | None:
     return None
 
 
+MEMORY_WARMUP_STEPS = 10  # memory samples count from this optimizer step on
+
+
 def memory_creep(h: History, growth: float = 0.25, min_mb: float = 256.0) -> Finding | None:
     """Process memory keeps rising across the window (a leak, or an unbounded cache)."""
     if len(h.rss_mb) < 30:
@@ -252,6 +255,8 @@ class IssueMonitor:
             h.evals.append((event.step, event.eval_loss, h.losses[-1] if h.losses else None))
             self._report(overfitting(h), event.step)
         elif isinstance(event, SystemSampled):
+            if not h.steps or h.steps[-1] < MEMORY_WARMUP_STEPS:
+                return  # loading, the step-0 evaluation and the first steps allocate once: not a leak
             h.rss_mb.append(event.rss_mb)
             self._report(memory_creep(h), h.steps[-1] if h.steps else 0)
 
