@@ -117,6 +117,7 @@ def _checkpoints_line(run_dir: Path) -> str:
 
 def _render_summary(console: Console, run_dir: Path) -> None:
     import json
+    from collections import Counter
 
     summary = json.loads((run_dir / "summary.json").read_text())
 
@@ -134,6 +135,13 @@ def _render_summary(console: Console, run_dir: Path) -> None:
         f"{summary['eval_time_s']:.1f} s evaluating, peak RSS {summary['peak_rss_mb']:,.0f} MB",
         f"Precision:  {summary['precision']} ({summary['precision_reason']})",
     ]
+    if summary.get("restored_best_step") is not None:
+        best = summary["restored_best_step"]
+        lines.insert(2, f"            the best adapter, from step {best}: the last one was worse")
+    actions = Counter(a.get("action") for a in summary.get("adjustments") or [])
+    if actions:
+        said = ", ".join(f"{count} {action.replace('-', ' ')}" for action, count in actions.items())
+        lines.append(f"Adjusted:   {said} (LR x{summary.get('lr_multiplier', 1.0):g} of the plan at the end)")
     lines.append(f"Checkpoints: {_checkpoints_line(run_dir)}")
     if summary.get("merged_dir"):
         lines.append(f"Merged:     {summary['merged_dir']}")

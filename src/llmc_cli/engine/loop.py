@@ -293,6 +293,7 @@ class Loop:
             eval_time_s=self.evaluate.time_s,
             checkpoint_time_s=self.checkpoints.time_s,
             final_eval_loss=final,
+            best_eval_loss=best.loss if best.step is not None else None,  # also evals a rollback undid
             stopped_early=self.stopped_early,
             restored_best_step=restored,
         )

@@ -87,6 +87,7 @@ class RunState:
         eval_time_s: float,
         checkpoint_time_s: float,
         final_eval_loss: float | None,
+        best_eval_loss: float | None,
         stopped_early: bool,
         restored_best_step: int | None,
     ) -> FitResult:
@@ -101,7 +102,7 @@ class RunState:
             tokens=progress.position.tokens,
             initial_eval_loss=progress.initial_eval_loss,
             final_eval_loss=final_eval_loss,
-            best_eval_loss=min((loss for _, loss in progress.eval_history), default=None),
+            best_eval_loss=best_eval_loss,
             final_train_loss=progress.last_train_loss,
             stopped_early=stopped_early,
             restored_best_step=restored_best_step,

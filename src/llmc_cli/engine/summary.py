@@ -22,7 +22,7 @@ class FitResult:
     tokens: int
     initial_eval_loss: float | None
     final_eval_loss: float | None
-    best_eval_loss: float | None
+    best_eval_loss: float | None  # the lowest of every evaluation, those a rollback undid included
     final_train_loss: float | None
     stopped_early: bool
     restored_best_step: int | None  # early stopping put back the adapter of this step
