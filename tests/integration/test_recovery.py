@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from llmc_cli import FineTuner
+from llmc_cli.checkpoints import catalog
 from llmc_cli.checkpoints.manifest import verify
 from llmc_cli.errors import DivergenceError, OutOfMemory, UnexpectedFailure
 from llmc_cli.events import Adjustment, CheckpointSaved, RolledBack, StepEnded
@@ -245,3 +246,18 @@ def test_oom_at_one_sequence_trains_on_with_gradient_checkpointing(tmp_path, tin
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["recovery"]["gradient_checkpointing"]
     assert all(math.isfinite(e.loss) for e in events if isinstance(e, StepEnded))
+
+
+def test_a_run_that_rolled_back_and_never_beat_the_base_model_ends_diverged(
+    tmp_path, tiny_model_dir, gsm8k_train, monkeypatch
+):
+    """Issue 13: never 'training complete' for a run that diverged and is no better than the base.
+    An LR of 1e-30 leaves every evaluation equal to step 0's (none beats it); a NaN burst forces
+    one rollback."""
+    with pytest.raises(DivergenceError, match="no evaluation beat the base model") as caught:
+        train(tmp_path, tiny_model_dir, gsm8k_train, monkeypatch, "nan@step=3-5", lr=1e-30, eval_every=4)
+    assert caught.value.exit_code == 7 and caught.value.report is not None
+    run = next(p for p in tmp_path.iterdir() if p.is_dir())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and (run / "failure.txt").is_file()
+    assert catalog.valid_before(run)[0] is not None  # a checkpoint that verifies is kept

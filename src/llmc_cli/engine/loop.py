@@ -278,10 +278,9 @@ class Loop:
         if best.step is not None and best.step != state.step and (self.stopped_early or best.beats(final)):
             restored = self._restore_best(final)
             final = best.loss
-        diverged = state.recovery.state.rollbacks > 0 or (
-            restored is not None and state.controls.guard.eval_diverged(history[-1][1])
-        )
-        if best.step == 0 and restored is not None and diverged:
+        # best.step == 0: no evaluation, the last one included, beat the base model.
+        diverged = state.recovery.state.rollbacks > 0 or state.controls.guard.eval_diverged(history[-1][1])
+        if best.step == 0 and diverged:
             raise DivergenceError(
                 f"Training diverged and no evaluation beat the base model (step-0 eval loss {best.loss:.4f}; "
                 f"the last adapter's {history[-1][1]:.4f}), after {state.recovery.state.rollbacks} rollback(s) "
