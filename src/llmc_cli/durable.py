@@ -69,13 +69,6 @@ def free_bytes(path: Path) -> int | None:
         return None
 
 
-def tree_bytes(path: Path) -> int:
-    """Bytes in the regular files under ``path`` (0 when it does not exist)."""
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
-
-
 def human_bytes(count: float) -> str:
     for unit in ("bytes", "KB", "MB", "GB"):
         if abs(count) < 1024 or unit == "GB":
@@ -94,7 +87,6 @@ def disk_full(exc: BaseException, what: str, where: Path, needed: int | None = N
         f"Could not write {what} to {where}: {reason} ({space} there{need}).",
         hint=f"Free space on the disk holding {where} (or choose another --output), then `llmc resume` the run.",
     )
-    error.needed_bytes = needed
     error.detail = f"{reason} ({space} there{need})"
     return error
 

@@ -89,7 +89,6 @@ class DiskFull(LlmcError):
 
     exit_code = 10
     title = "Disk full"
-    needed_bytes: int | None = None
     detail = ""  # the OS's reason with the free and needed space, for messages that name the file themselves
 
 

@@ -141,7 +141,7 @@ def _report_failure(run_dir: Path, exc: Exception, loop, faults: Faults) -> Llmc
     if not isinstance(exc, LlmcError) and disk_error(exc):
         error = disk_full(exc, "the run's files", run_dir)
     faults.fill_disk("report", run_dir)
-    report = write_failure_report(run_dir, error, loop.standing() if loop is not None else Standing(), saved)
+    report = write_failure_report(run_dir, error, loop.standing() if loop is not None else Standing(), kept)
     where = report or "the failure report printed above"
     state = f"State saved as {saved}." if saved else f"Newest checkpoint: {kept}." if kept else "No checkpoint yet."
     if isinstance(error, DiskFull):
