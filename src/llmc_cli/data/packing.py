@@ -10,9 +10,12 @@ does). The tests check packed logits against each example run alone.
 from __future__ import annotations
 
 import bisect
+import heapq
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from llmc_cli.data.tokenize import IGNORE, Encoded
@@ -22,9 +25,9 @@ from llmc_cli.data.tokenize import IGNORE, Encoded
 class Row:
     """One training sequence: one example, or several packed ones."""
 
-    input_ids: list[int]
-    labels: list[int]
-    position_ids: list[int]
+    input_ids: Sequence[int]  # lists in memory; int64 arrays when read from the data cache
+    labels: Sequence[int]
+    position_ids: Sequence[int]
     examples: int
 
 
@@ -33,22 +36,51 @@ def pack(encoded: list[Encoded], max_length: int, seed: int) -> list[Row]:
 
     Rows are returned in a seeded random order; each example appears exactly once.
     """
-    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i].input_ids), i))
-    bins: list[list[int]] = []
-    free: list[tuple[int, int]] = []  # (space left, bin index), kept sorted
-    for index in order:
-        length = len(encoded[index].input_ids)
-        slot = bisect.bisect_left(free, (length, -1))
-        if slot < len(free):
-            space, bin_index = free.pop(slot)
+    offsets, members = pack_layout(np.array([len(e.input_ids) for e in encoded], dtype=np.int64), max_length, seed)
+    return [_join([encoded[i] for i in members[a:b]]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+
+
+def pack_layout(lengths: np.ndarray, max_length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best-fit-decreasing packing of examples of ``lengths``, as flat arrays.
+
+    Examples are placed longest first (ties by index), each into the open row with the least
+    space that still fits it (ties: the oldest row), else a new row; rows are then shuffled
+    with ``seed``. Returns ``(offsets, members)``: row ``r`` holds the examples
+    ``members[offsets[r]:offsets[r + 1]]`` in the order they were placed. Memory is a few
+    integers per example, so millions of examples pack in seconds.
+    """
+    order = np.argsort(-lengths, kind="stable")
+    row_of = np.empty(len(lengths), dtype=np.int64)
+    spaces: list[int] = []  # distinct free spaces of open rows, sorted
+    rows_with: dict[int, list[int]] = {}  # free space -> heap of row indices
+    n_rows = 0
+    for index, length in zip(order.tolist(), lengths[order].tolist(), strict=True):
+        slot = bisect.bisect_left(spaces, length)
+        if slot < len(spaces):
+            space = spaces[slot]
+            heap = rows_with[space]
+            row = heapq.heappop(heap)
+            if not heap:
+                del rows_with[space], spaces[slot]
         else:
-            space, bin_index = max_length, len(bins)
-            bins.append([])
-        bins[bin_index].append(index)
-        if space - length > 0:
-            bisect.insort(free, (space - length, bin_index))
-    random.Random(seed).shuffle(bins)
-    return [_join([encoded[i] for i in members]) for members in bins]
+            space, row = max_length, n_rows
+            n_rows += 1
+        row_of[index] = row
+        left = space - length
+        if left > 0:
+            if left not in rows_with:
+                rows_with[left] = []
+                bisect.insort(spaces, left)
+            heapq.heappush(rows_with[left], row)
+    shuffled = list(range(n_rows))
+    random.Random(seed).shuffle(shuffled)
+    rank = np.empty(n_rows, dtype=np.int64)
+    rank[shuffled] = np.arange(n_rows)
+    placed = np.empty(len(lengths), dtype=np.int64)
+    placed[order] = np.arange(len(lengths))
+    members = np.lexsort((placed, rank[row_of]))
+    counts = np.bincount(rank[row_of], minlength=n_rows)
+    return np.concatenate([[0], np.cumsum(counts)]), members
 
 
 def unpacked(encoded: list[Encoded]) -> list[Row]:
@@ -80,18 +112,20 @@ class Collator:
 
     def __call__(self, rows: list[Row]) -> dict:
         width = max(len(row.input_ids) for row in rows)
-        batch = {
-            "input_ids": torch.tensor([r.input_ids + [self.pad_id] * (width - len(r.input_ids)) for r in rows]),
-            "labels": torch.tensor([r.labels + [IGNORE] * (width - len(r.labels)) for r in rows]),
-        }
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        labels = np.full((len(rows), width), IGNORE, dtype=np.int64)
+        positions = np.tile(np.arange(width, dtype=np.int64), (len(rows), 1))
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            n = len(row.input_ids)
+            ids[i, :n], labels[i, :n], mask[i, :n] = row.input_ids, row.labels, 1
+            positions[i, :n] = row.position_ids
+            positions[i, n:] = np.arange(width - n)
+        batch = {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels)}
         if self.packed:
-            batch["position_ids"] = torch.tensor(
-                [r.position_ids + list(range(width - len(r.position_ids))) for r in rows]
-            )
+            batch["position_ids"] = torch.from_numpy(positions)
         else:
-            batch["attention_mask"] = torch.tensor(
-                [[1] * len(r.input_ids) + [0] * (width - len(r.input_ids)) for r in rows]
-            )
+            batch["attention_mask"] = torch.from_numpy(mask)
         # Plain ints stay on the host when accelerate moves the batch: reading them never syncs.
         batch["n_tokens"] = sum(len(r.input_ids) for r in rows)
         batch["n_examples"] = sum(r.examples for r in rows)

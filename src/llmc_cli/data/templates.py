@@ -49,7 +49,9 @@ def render(tokenizer, example: Example, train_on_prompt: bool = False) -> Render
         if message["role"] != "assistant":
             continue
         start_text = _apply(tokenizer, messages[:index], generation_prompt=True)
-        end_text = _apply(tokenizer, messages[: index + 1], generation_prompt=False)
+        # The last turn's prefix is the whole conversation, already rendered.
+        last = index == len(messages) - 1
+        end_text = text if last else _apply(tokenizer, messages[: index + 1], generation_prompt=False)
         if not (text.startswith(end_text) and end_text.startswith(start_text)):
             return Rendered(text, ((0, len(text)),), prefix_stable=False)
         spans.append((len(start_text), len(end_text)))

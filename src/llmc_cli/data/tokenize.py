@@ -1,14 +1,30 @@
-"""Tokenise rendered examples, build label masks, and apply the max-length policy."""
+"""Tokenise rendered examples, build label masks, and apply the max-length policy.
+
+:func:`encode_arrays` is the core: for a chunk of examples it returns each one's token ids
+and target mask as numpy arrays plus flags saying what happened to it; the data cache
+(data/prepare.py) writes those arrays straight to disk, and :func:`encode` turns them into
+:class:`Encoded` lists for small in-memory uses and tests.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from llmc_cli.data.formats import Example
 from llmc_cli.data.templates import Rendered, render
 
 IGNORE = -100
 BATCH = 512
+MAX_LINES_KEPT = 100  # dropped-example lines a report keeps (the count is exact)
+
+# Flags of one example's outcome (several may be set: a truncated example can lose its target).
+TRUNCATED = 1
+DROPPED_TOO_LONG = 2
+DROPPED_NO_TARGET = 4
+NOT_PREFIX_STABLE = 8
+DROPPED = DROPPED_TOO_LONG | DROPPED_NO_TARGET
 
 
 @dataclass(frozen=True)
@@ -17,6 +33,15 @@ class Encoded:
 
     input_ids: list[int]
     labels: list[int]
+
+
+@dataclass(frozen=True)
+class EncodedArrays:
+    """One example's outcome: ``flags``, and when it is kept, its ids and target mask (1 = in the loss)."""
+
+    flags: int
+    ids: np.ndarray | None = None
+    mask: np.ndarray | None = None
 
 
 @dataclass
@@ -33,6 +58,24 @@ class EncodeReport:
     target_tokens: int = 0
     longest: int = 0
     lines_dropped: list[int] = field(default_factory=list)
+
+    def add(self, line: int, outcome: EncodedArrays) -> None:
+        """Count one example."""
+        flags = outcome.flags
+        self.examples += 1
+        self.truncated += bool(flags & TRUNCATED)
+        self.dropped_too_long += bool(flags & DROPPED_TOO_LONG)
+        self.dropped_no_target += bool(flags & DROPPED_NO_TARGET)
+        self.not_prefix_stable += bool(flags & NOT_PREFIX_STABLE)
+        if flags & DROPPED:
+            if len(self.lines_dropped) < MAX_LINES_KEPT:
+                self.lines_dropped.append(line)
+            return
+        assert outcome.ids is not None and outcome.mask is not None
+        self.kept += 1
+        self.tokens += len(outcome.ids)
+        self.target_tokens += int(outcome.mask.sum())
+        self.longest = max(self.longest, len(outcome.ids))
 
     def warnings(self, max_length: int) -> list[str]:
         """Human-readable notes on anything the user should know."""
@@ -65,27 +108,64 @@ def encode(
     overlong: str = "truncate",
     train_on_prompt: bool = False,
 ) -> tuple[list[Encoded], EncodeReport]:
-    """Render, tokenise and mask examples; the first token of each example is never a target."""
-    report = EncodeReport(examples=len(examples))
+    """Render, tokenise and mask examples in memory; the first token of each example is never a target."""
+    report = EncodeReport()
     encoded: list[Encoded] = []
     for start in range(0, len(examples), BATCH):
         chunk = examples[start : start + BATCH]
-        rendered = [render(tokenizer, example, train_on_prompt) for example in chunk]
-        for example, item, (ids, offsets) in zip(chunk, rendered, _tokenize(tokenizer, rendered), strict=True):
-            report.not_prefix_stable += not item.prefix_stable
-            result = _mask_and_fit(ids, offsets, item, max_length, overlong, report)
-            if result is None:
-                report.lines_dropped.append(example.line)
-                continue
-            encoded.append(result)
-            report.kept += 1
-            report.tokens += len(result.input_ids)
-            report.target_tokens += sum(label != IGNORE for label in result.labels)
-            report.longest = max(report.longest, len(result.input_ids))
+        for example, outcome in zip(
+            chunk, encode_arrays(tokenizer, chunk, max_length, overlong, train_on_prompt), strict=True
+        ):
+            report.add(example.line, outcome)
+            if not outcome.flags & DROPPED:
+                labels = np.where(outcome.mask.astype(bool), outcome.ids, IGNORE)
+                encoded.append(Encoded(outcome.ids.tolist(), labels.tolist()))
     return encoded, report
 
 
-def _tokenize(tokenizer, rendered: list[Rendered]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+def encode_arrays(
+    tokenizer, examples: list[Example], max_length: int, overlong: str, train_on_prompt: bool
+) -> list[EncodedArrays]:
+    """Render, tokenise and mask one chunk of examples (what a preparation worker runs)."""
+    rendered = [render(tokenizer, example, train_on_prompt) for example in examples]
+    return [
+        _mask_and_fit(ids, offsets, item, max_length, overlong)
+        for item, (ids, offsets) in zip(rendered, tokenize_texts(tokenizer, rendered), strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    """A chunk of examples encoded into flat arrays: cheap to send between processes and to write.
+
+    ``flags``, ``lengths`` (0 when dropped) and ``targets`` have one entry per example;
+    ``ids`` and ``mask`` hold the kept examples' tokens back to back.
+    """
+
+    flags: np.ndarray
+    lengths: np.ndarray
+    targets: np.ndarray
+    ids: np.ndarray
+    mask: np.ndarray
+
+
+def encode_chunk(
+    tokenizer, examples: list[Example], max_length: int, overlong: str, train_on_prompt: bool, dtype: str = "<i8"
+) -> EncodedChunk:
+    """:func:`encode_arrays` of a chunk, as flat arrays with token ids in ``dtype``."""
+    outcomes = encode_arrays(tokenizer, examples, max_length, overlong, train_on_prompt)
+    kept = [o for o in outcomes if not o.flags & DROPPED]
+    return EncodedChunk(
+        flags=np.array([o.flags for o in outcomes], dtype=np.uint8),
+        lengths=np.array([0 if o.flags & DROPPED else len(o.ids) for o in outcomes], dtype=np.int32),
+        targets=np.array([0 if o.flags & DROPPED else int(o.mask.sum()) for o in outcomes], dtype=np.int32),
+        ids=np.concatenate([o.ids for o in kept]).astype(dtype) if kept else np.zeros(0, dtype=dtype),
+        mask=np.concatenate([o.mask for o in kept]) if kept else np.zeros(0, dtype=np.uint8),
+    )
+
+
+def tokenize_texts(tokenizer, rendered: list[Rendered]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Token ids and character offsets of each rendered text (BOS added unless the text starts with it)."""
     bos = tokenizer.bos_token or ""
     # Templates that write the BOS token themselves must not get a second one.
     with_specials = [not (bos and item.text.startswith(bos)) for item in rendered]
@@ -94,36 +174,53 @@ def _tokenize(tokenizer, rendered: list[Rendered]) -> list[tuple[list[int], list
         indices = [i for i, value in enumerate(with_specials) if value is flag]
         if not indices:
             continue
-        batch = tokenizer(
-            [rendered[i].text for i in indices],
-            add_special_tokens=flag,
-            return_offsets_mapping=True,
-        )
-        for i, ids, offsets in zip(indices, batch["input_ids"], batch["offset_mapping"], strict=True):
-            results[i] = (ids, offsets)
+        texts = [rendered[i].text for i in indices]
+        for i, pair in zip(indices, _ids_and_offsets(tokenizer, texts, flag), strict=True):
+            results[i] = pair
     return results  # type: ignore[return-value]
 
 
+def _ids_and_offsets(tokenizer, texts: list[str], add_special_tokens: bool):
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch") or backend.truncation or backend.padding:
+        batch = tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+        return list(zip(batch["input_ids"], batch["offset_mapping"], strict=True))
+    # The Rust tokenizer directly, as transformers' own fast path calls it, without building
+    # a BatchEncoding per text (a tenth of preparation time). tests/unit/data checks equality.
+    split = getattr(tokenizer, "split_special_tokens", False)
+    if backend.encode_special_tokens != split:
+        backend.encode_special_tokens = split
+    encodings = backend.encode_batch(texts, add_special_tokens=add_special_tokens)
+    return [(encoding.ids, encoding.offsets) for encoding in encodings]
+
+
 def _mask_and_fit(
-    ids: list[int],
-    offsets: list[tuple[int, int]],
-    item: Rendered,
-    max_length: int,
-    overlong: str,
-    report: EncodeReport,
-) -> Encoded | None:
-    labels = [
-        token if end > begin and any(s <= begin < e for s, e in item.spans) else IGNORE
-        for token, (begin, end) in zip(ids, offsets, strict=True)
-    ]
-    labels[0] = IGNORE
-    if len(ids) > max_length:
+    ids: list[int], offsets: list[tuple[int, int]], item: Rendered, max_length: int, overlong: str
+) -> EncodedArrays:
+    flags = 0 if item.prefix_stable else NOT_PREFIX_STABLE
+    token_ids = np.asarray(ids, dtype=np.int64)
+    mask = _target_mask(np.asarray(offsets, dtype=np.int64).reshape(-1, 2), item.spans)
+    mask[0] = 0
+    if len(token_ids) > max_length:
         if overlong == "drop":
-            report.dropped_too_long += 1
-            return None
-        ids, labels = ids[:max_length], labels[:max_length]
-        report.truncated += 1
-    if all(label == IGNORE for label in labels):
-        report.dropped_no_target += 1
-        return None
-    return Encoded(ids, labels)
+            return EncodedArrays(flags | DROPPED_TOO_LONG)
+        token_ids, mask = token_ids[:max_length], mask[:max_length]
+        flags |= TRUNCATED
+    if not mask.any():
+        return EncodedArrays(flags | DROPPED_NO_TARGET)
+    return EncodedArrays(flags, token_ids, mask)
+
+
+def _target_mask(offsets: np.ndarray, spans: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """1 where a token is non-empty and starts inside one of ``spans`` (sorted, disjoint), else 0."""
+    begin, end = offsets[:, 0], offsets[:, 1]
+    if not spans:
+        return np.zeros(len(offsets), dtype=np.uint8)
+    starts = np.fromiter((s for s, _ in spans), dtype=np.int64, count=len(spans))
+    ends = np.fromiter((e for _, e in spans), dtype=np.int64, count=len(spans))
+    if len(spans) > 1 and (np.any(starts[1:] < ends[:-1]) or np.any(np.diff(starts) < 0)):
+        inside = ((starts[None, :] <= begin[:, None]) & (begin[:, None] < ends[None, :])).any(axis=1)
+    else:
+        which = np.searchsorted(starts, begin, side="right") - 1
+        inside = (which >= 0) & (begin < ends[np.maximum(which, 0)])
+    return (inside & (end > begin)).astype(np.uint8)
