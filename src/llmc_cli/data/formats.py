@@ -15,6 +15,7 @@ text                          ``text`` (trained on whole, no prompt mask)
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ def detect(fields: dict[str, Any]) -> str | None:
     return None
 
 
-def normalise(path: Path, records: list[Record], forced: str = "auto") -> tuple[str, list[Example]]:
+def normalise(path: Path, records: Iterable[Record], forced: str = "auto") -> tuple[str, list[Example]]:
     """Turn records into Examples, checking every record; report all problems at once.
 
     Returns:
@@ -62,49 +63,88 @@ def normalise(path: Path, records: list[Record], forced: str = "auto") -> tuple[
     Raises:
         DataError: mixed formats, unknown format, missing or mistyped fields.
     """
-    fmt = forced if forced != "auto" else _detect_file(path, records)
-    examples, problems = [], []
-    for record in records:
+    checker = Normaliser(path, forced)
+    examples = [example for record in records if (example := checker.feed(record)) is not None]
+    return checker.finish(), examples
+
+
+class Normaliser:
+    """Convert records one at a time, remembering every problem; :meth:`finish` reports them.
+
+    With ``forced="auto"`` each record's format is detected from its own fields; a file
+    whose records disagree is refused at :meth:`finish`, naming the first odd line.
+    """
+
+    def __init__(self, path: Path, forced: str = "auto") -> None:
+        self.path = path
+        self.forced = forced
+        self.records = 0
+        self.problems: list[str] = []
+        self.n_problems = 0
+        self.kinds: Counter[str] = Counter()
+        self.first_line: dict[str, int] = {}
+        self.unknown: list[int] = []
+        self.unknown_fields: list[str] = []
+
+    def feed(self, record: Record) -> Example | None:
+        """The record as an Example, or None when it has a problem (kept for :meth:`finish`)."""
+        self.records += 1
+        fmt = self.forced
+        if fmt == "auto":
+            fmt = detect(record.fields)
+            if fmt is None:
+                if not self.unknown:
+                    self.unknown_fields = sorted(record.fields)
+                self.unknown.append(record.line)
+                return None
+            self.kinds[fmt] += 1
+            self.first_line.setdefault(fmt, record.line)
         try:
-            examples.append(_convert(fmt, record))
+            return _convert(fmt, record)
         except ValueError as exc:
-            problems.append(f"line {record.line}: {exc}")
-    if problems:
-        listed = "\n".join(f"  {p}" for p in problems[:MAX_LISTED])
-        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        raise DataError(
-            f"{path}: {len(problems)} of {len(records)} examples do not fit the {fmt} format:\n{listed}{more}",
-            hint=f"Fix those examples, or choose another --format. Format {fmt} needs {_needs(fmt)}.",
-        )
-    return fmt, examples
+            self.n_problems += 1
+            if len(self.problems) < MAX_LISTED:
+                self.problems.append(f"line {record.line}: {exc}")
+            return None
+
+    def finish(self) -> str:
+        """The format of the file.
+
+        Raises:
+            DataError: any record seen had an unknown or different format, or did not fit it.
+        """
+        path = self.path
+        if self.unknown:
+            raise DataError(
+                f"{path}, line {self.unknown[0]}: cannot tell the format from the fields {self.unknown_fields}"
+                + (f" ({len(self.unknown)} such examples)" if len(self.unknown) > 1 else "")
+                + ".",
+                hint="Use instruction/input/output, prompt/completion, question/answer, messages, "
+                "conversations or text fields, or force one with --format.",
+            )
+        fmt = self.forced
+        if fmt == "auto":
+            main = self.kinds.most_common(1)[0][0]
+            if len(self.kinds) > 1:
+                odd = min((line, kind) for kind, line in self.first_line.items() if kind != main)
+                summary = ", ".join(f"{n} {kind}" for kind, n in self.kinds.most_common())
+                raise DataError(
+                    f"{path} mixes formats ({summary}); line {odd[0]} is {odd[1]} while most are {main}.",
+                    hint="Keep one format per file, or split the file.",
+                )
+            fmt = main
+        if self.problems:
+            listed = "\n".join(f"  {p}" for p in self.problems)
+            more = f"\n  ... and {self.n_problems - MAX_LISTED} more" if self.n_problems > MAX_LISTED else ""
+            raise DataError(
+                f"{path}: {self.n_problems} of {self.records} examples do not fit the {fmt} format:\n{listed}{more}",
+                hint=f"Fix those examples, or choose another --format. Format {fmt} needs {_needs(fmt)}.",
+            )
+        return fmt
 
 
 def _needs(fmt: str) -> str:
     return " and ".join(f"'{key}'" for key in REQUIRED[fmt]) + (" (or 'conversations')" if fmt == "chat" else "")
-
-
-def _detect_file(path: Path, records: list[Record]) -> str:
-    kinds = [(record.line, detect(record.fields)) for record in records]
-    unknown = [line for line, kind in kinds if kind is None]
-    if unknown:
-        fields = sorted(records[[r.line for r in records].index(unknown[0])].fields)
-        raise DataError(
-            f"{path}, line {unknown[0]}: cannot tell the format from the fields {fields}"
-            + (f" ({len(unknown)} such examples)" if len(unknown) > 1 else "")
-            + ".",
-            hint="Use instruction/input/output, prompt/completion, question/answer, messages, "
-            "conversations or text fields, or force one with --format.",
-        )
-    counts = Counter(kind for _, kind in kinds)
-    if len(counts) > 1:
-        main = counts.most_common(1)[0][0]
-        odd = next((line, kind) for line, kind in kinds if kind != main)
-        summary = ", ".join(f"{n} {kind}" for kind, n in counts.most_common())
-        raise DataError(
-            f"{path} mixes formats ({summary}); line {odd[0]} is {odd[1]} while most are {main}.",
-            hint="Keep one format per file, or split the file.",
-        )
-    return kinds[0][1]  # type: ignore[return-value]
 
 
 def _text(fields: dict[str, Any], key: str, *, allow_empty: bool = False) -> str:

@@ -155,3 +155,45 @@ def test_chat_needs_an_assistant_turn_and_known_roles(tmp_path):
 )
 def test_validation_size_scales_with_the_dataset(n, expected):
     assert validation_size(n) == expected
+
+
+def test_compressed_and_parquet_files_stream_the_same_records(tmp_path):
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(5)]
+    text = lines(*rows).encode()
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(text))
+    (tmp_path / "d.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(text))
+    (tmp_path / "d.csv.gz").write_bytes(gzip.compress(b"question,answer\n" + b"".join(
+        f"q{i},a{i}\n".encode() for i in range(5))))  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet", row_group_size=2)
+    for name in ("d.jsonl.gz", "d.jsonl.zst", "d.csv.gz", "d.parquet"):
+        assert [r.fields for r in read_records(tmp_path / name)] == rows, name
+    assert [r.line for r in read_records(tmp_path / "d.jsonl.gz", limit=2)] == [1, 2]
+
+
+def test_errors_in_a_compressed_file_name_the_line_and_a_damaged_file_is_a_data_error(tmp_path):
+    import gzip
+
+    path = tmp_path / "bad.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"text": "a"}\n{"text": "b"}\n{"text": \n'))
+    with pytest.raises(DataError, match=r"bad.jsonl.gz, line 3: invalid JSON"):
+        read_records(path)
+    truncated = tmp_path / "cut.jsonl.gz"
+    truncated.write_bytes(gzip.compress(b'{"text": "a"}\n' * 1000)[:-30])
+    with pytest.raises(DataError, match="cannot be read"):
+        read_records(truncated)
+
+
+def test_records_stream_lazily_so_an_error_far_into_a_file_comes_after_the_good_records(tmp_path):
+    from llmc_cli.data.readers import iter_records
+
+    path = write(tmp_path, "s.jsonl", lines({"text": "ok"}) * 3 + "not json\n")
+    stream = iter_records(path)
+    assert [next(stream).line for _ in range(3)] == [1, 2, 3]
+    with pytest.raises(DataError, match="line 4"):
+        next(stream)
