@@ -95,6 +95,23 @@ class FineTuner:
             self._plan = plan_run(self._layers)
         return self._plan
 
+    def prepare(self, progress=None, warn=None):
+        """Tokenise the data into the cache (or find it there) without loading the model's weights.
+
+        Args:
+            progress: ``progress(stage, done, total, elapsed_s)``, called every few seconds.
+            warn: ``warn(message)`` for what the user should know (truncated examples ...).
+
+        Returns:
+            The :class:`~llmc_cli.data.dataset.Rows` a run with this config trains on; its
+            ``cache_path``, ``reused`` and ``fingerprint`` say where and whether it was built.
+        """
+        from llmc_cli.engine.dataprep import open_tokenizer, prepare_rows
+
+        plan = self.plan()
+        tokenizer, _ = open_tokenizer(plan)
+        return prepare_rows(plan, tokenizer, progress=progress, warn=warn)
+
     def train(self) -> Path:
         """Run training to the end and return the run directory.
 

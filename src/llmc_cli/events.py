@@ -48,6 +48,21 @@ class RunStarted(Event):
 
 
 @dataclass(frozen=True)
+class DataProgress(Event):
+    """Preparing data: ``done`` of ``total`` records through ``stage`` after ``elapsed_s``."""
+
+    stage: str
+    done: int
+    total: int
+    elapsed_s: float
+
+    @property
+    def eta_s(self) -> float | None:
+        rate = self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return (self.total - self.done) / rate if rate > 0 else None
+
+
+@dataclass(frozen=True)
 class StepEnded(Event):
     step: int
     total_steps: int

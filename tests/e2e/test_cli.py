@@ -232,7 +232,7 @@ def test_shipped_bash_completion_completes_commands_and_choices(tmp_path):
     )
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
-    assert result.stdout.splitlines() == ["highspeed quality bestaccuracy", "presets"], result.stderr
+    assert result.stdout.splitlines() == ["highspeed quality bestaccuracy", "prepare presets"], result.stderr
 
 
 def test_a_tokenizer_larger_than_the_embedding_is_refused_before_training(llmc, tmp_path, tiny_model_dir, gsm8k_train):
@@ -267,3 +267,25 @@ def test_an_unusable_output_is_refused_before_the_model_loads(llmc, tmp_path, ti
     assert result.returncode == 2, result.stderr
     assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
     assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_prepare_builds_reuses_lists_and_cleans_the_data_cache(llmc, tmp_path, tiny_model_dir):
+    cache = tmp_path / "prepared"
+    sample = Path(__file__).resolve().parents[1] / "fixtures" / "gsm8k" / "train_sample.jsonl"
+    args = ["prepare", "--data", sample, "--model", tiny_model_dir, "--max-length", "256", "--data-cache", cache]
+    first = llmc(*args, cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert "Prepared data (tokenise): 100%" in first.stdout and f"Prepared {cache}/" in first.stdout
+    (key,) = [p.name for p in cache.glob("*/manifest.json") for p in [p.parent]]
+    again = llmc(*args, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0 and f"Reused {cache / key}" in again.stdout
+    listed = llmc("prepare", "--list", "--data-cache", cache, cwd=tmp_path)
+    assert key in listed.stdout and "train_sample.jsonl" in listed.stdout
+    cleaned = llmc("prepare", "--clean", "--data-cache", cache, cwd=tmp_path)
+    assert cleaned.returncode == 0 and "freed" in cleaned.stdout and not (cache / key).exists()
+    assert "No prepared data" in llmc("prepare", "--list", "--data-cache", cache, cwd=tmp_path).stdout
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(b"not gzip at all")
+    failed = llmc("prepare", "--data", bad, "--model", tiny_model_dir, "--data-cache", cache, cwd=tmp_path)
+    assert failed.returncode == 3 and "bad.jsonl.gz: cannot be read" in " ".join(failed.stderr.split())
+    assert "Traceback" not in failed.stderr

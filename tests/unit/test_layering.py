@@ -2,7 +2,7 @@
 
 Top: cli/, api.py (FineTuner composes engine and monitors), monitor/ (consumers of events).
 Then engine/; then checkpoints/, data/, models/, optimize/; then config/ and the bottom
-modules (events, stats, durable, errors, faults), which import nothing above them.
+modules (events, stats, durable, errors, faults, paths), which import nothing above them.
 Checked on the source's import statements, lazy imports inside functions included.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "llmc_cli"
-BOTTOM = {"events", "stats", "durable", "errors", "faults"}
+BOTTOM = {"events", "stats", "durable", "errors", "faults", "paths"}
 FORBIDDEN = {  # a module in this part may not import from these parts
     "bottom": {"cli", "api", "monitor", "engine", "checkpoints", "data", "models", "optimize", "config", "demo"},
     "config": {"cli", "api", "monitor", "engine", "checkpoints", "data", "models", "optimize"},

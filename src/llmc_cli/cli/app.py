@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from llmc_cli import __version__
-from llmc_cli.cli import checkpoints, presets, resume, train
+from llmc_cli.cli import checkpoints, prepare, presets, resume, train
 from llmc_cli.errors import LlmcError
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app = typer.Typer(
 )
 app.command(name="train")(train.train)
 app.command(name="resume")(resume.resume)
+app.command(name="prepare")(prepare.prepare)
 app.add_typer(checkpoints.app, name="checkpoints")
 app.add_typer(presets.app, name="presets")
 
@@ -70,3 +71,7 @@ def main() -> None:
             soft_wrap=True,
         )
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -54,6 +54,8 @@ def train(
     run_name: Annotated[str | None, _opt("run_name", "--run-name")] = None,
     train_on_prompt: Annotated[bool | None, _opt("train_on_prompt", "--train-on-prompt/--no-train-on-prompt")] = None,
     packing: Annotated[bool | None, _opt("packing", "--packing/--no-packing")] = None,
+    data_cache: Annotated[Path | None, _opt("data_cache", "--data-cache")] = None,
+    data_workers: Annotated[int | None, _opt("data_workers", "--data-workers")] = None,
     merge: Annotated[bool | None, _opt("merge", "--merge/--no-merge")] = None,
     checkpoint_interval: Annotated[int | None, _opt("checkpoint_interval", "--checkpoint-interval")] = None,
     checkpoint_minutes: Annotated[float | None, _opt("checkpoint_minutes", "--checkpoint-minutes")] = None,

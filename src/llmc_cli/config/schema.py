@@ -93,6 +93,12 @@ class DataSettings(_Section):
         True,
         description="Pack several examples into each sequence, with attention kept within each example.",
     )
+    data_cache: Path | None = Field(
+        None, description="Where prepared (tokenised) data is kept and reused; default: ~/.cache/llmc/data."
+    )
+    data_workers: int | None = Field(
+        None, ge=1, le=256, description="Processes that prepare large data files; default: one per CPU core."
+    )
 
 
 class LoraSettings(_Section):

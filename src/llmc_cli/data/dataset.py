@@ -1,102 +1,52 @@
-"""From data files to training rows, in two stages.
+"""The rows a run trains on, read from the prepared-data cache one row at a time.
 
-1. :func:`load_examples` reads, validates and splits the data. It needs no tokenizer and
-   no model, so bad data is reported before anything heavy is loaded.
-2. :func:`build_rows` renders, tokenises, masks and packs with the model's tokenizer.
-
-Validation split (when no --val-data): none below 10 examples; otherwise 10% up to 2,000
-examples and 5% above, at least 1 and at most 500, drawn with the run's seed.
+:class:`Rows` is what the engine gets from data/prepare.py: a training and a validation
+:class:`CachedRows` (torch datasets over a cache entry and a layout), what encoding did to
+each split, and the fingerprint that a checkpoint records (the cache key plus the layout).
 """
 
 from __future__ import annotations
 
-import hashlib
-import random
-from array import array
 from dataclasses import dataclass, field
 
-from llmc_cli.config.schema import DataSettings
-from llmc_cli.data.formats import Example, normalise
-from llmc_cli.data.readers import read_records
-from llmc_cli.data.tokenize import EncodeReport, encode
+import numpy as np
 
-MIN_FOR_SPLIT = 10
-MAX_VAL = 500
+from llmc_cli.data.cache import ExampleReader
+from llmc_cli.data.layout import validation_size  # noqa: F401 - re-exported: the split rule's public name
+from llmc_cli.data.packing import Row
+from llmc_cli.data.tokenize import IGNORE, EncodeReport
 
 
-@dataclass(frozen=True)
-class LoadedData:
-    """Validated examples, split into train and validation."""
+class CachedRows:
+    """A map-style dataset: row ``r`` joins the examples ``members[offsets[r]:offsets[r+1]]``."""
 
-    format: str
-    train: list[Example]
-    val: list[Example]
-    val_source: str  # "file:PATH", "split" or "none"
-    notes: list[str] = field(default_factory=list)
+    def __init__(self, reader: ExampleReader, offsets: np.ndarray, members: np.ndarray) -> None:
+        self.reader, self.offsets, self.members = reader, offsets, members
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> Row:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        examples = self.members[self.offsets[index] : self.offsets[index + 1]]
+        ids, masks = zip(*(self.reader.example(int(e)) for e in examples), strict=True)
+        input_ids = np.concatenate(ids)
+        labels = np.where(np.concatenate(masks).astype(bool), input_ids, IGNORE)
+        positions = np.concatenate([np.arange(len(part), dtype=np.int64) for part in ids])
+        return Row(input_ids, labels, positions, len(examples))
 
 
 @dataclass(frozen=True)
 class Rows:
     """Token rows ready for a loader, with what encoding did to the examples."""
 
-    train: list
-    val: list
+    train: CachedRows
+    val: CachedRows
     train_report: EncodeReport
     val_report: EncodeReport
-
-
-def validation_size(n_examples: int) -> int:
-    """How many examples to hold out of a dataset of ``n_examples`` for validation."""
-    if n_examples < MIN_FOR_SPLIT:
-        return 0
-    fraction = 0.1 if n_examples <= 2000 else 0.05
-    return min(MAX_VAL, max(1, round(n_examples * fraction)))
-
-
-def load_examples(settings: DataSettings, seed: int) -> LoadedData:
-    """Read and validate --data (and --val-data); hold out a validation split if needed."""
-    assert settings.data is not None, "the caller checks that --data is set"
-    fmt, examples = normalise(settings.data, read_records(settings.data, settings.limit), settings.format)
-    notes = []
-    if settings.val_data is not None:
-        _, val = normalise(settings.val_data, read_records(settings.val_data), settings.format)
-        return LoadedData(fmt, examples, val, f"file:{settings.val_data}")
-    size = validation_size(len(examples))
-    if size == 0:
-        notes.append(
-            f"Only {len(examples)} examples: no validation split is held out, so there is no eval loss. "
-            "Pass --val-data or use more data."
-        )
-        return LoadedData(fmt, examples, [], "none", notes)
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    held = set(order[:size])
-    train = [ex for i, ex in enumerate(examples) if i not in held]
-    val = [ex for i, ex in enumerate(examples) if i in held]
-    return LoadedData(fmt, train, val, "split", notes)
-
-
-def build_rows(tokenizer, loaded: LoadedData, settings: DataSettings, seed: int) -> Rows:
-    """Tokenise both splits and pack them (or keep one example per row)."""
-    from llmc_cli.data.packing import pack, unpacked
-
-    options = {"overlong": settings.overlong, "train_on_prompt": settings.train_on_prompt}
-    train_encoded, train_report = encode(tokenizer, loaded.train, settings.max_length, **options)
-    val_encoded, val_report = encode(tokenizer, loaded.val, settings.max_length, **options)
-    if settings.packing:
-        return Rows(
-            pack(train_encoded, settings.max_length, seed),
-            pack(val_encoded, settings.max_length, seed),
-            train_report,
-            val_report,
-        )
-    return Rows(unpacked(train_encoded), unpacked(val_encoded), train_report, val_report)
-
-
-def rows_fingerprint(rows: list) -> str:
-    """sha256 of the token ids and labels of ``rows`` in order: what training reads, exactly."""
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(array("i", row.input_ids).tobytes())
-        digest.update(array("i", row.labels).tobytes())
-    return digest.hexdigest()
+    fingerprint: str
+    notes: list[str] = field(default_factory=list)
+    cache_path: str = ""
+    reused: bool = False  # read from an existing cache entry
+    seconds: float = 0.0  # preparing (or opening) the entry

@@ -8,16 +8,16 @@ sits under the user's layers: defaults < preset < llmc.toml < env/.env < CLI.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmc_cli.config.layers import Layer, ResolvedConfig, cli_layer, env_layers, resolve, toml_layer
 from llmc_cli.config.presets import load_presets
-from llmc_cli.data.dataset import LoadedData, load_examples
+from llmc_cli.data.scan import DataScan, scan
 from llmc_cli.errors import ConfigError
 from llmc_cli.models.source import ModelSource, resolve_model
+from llmc_cli.paths import cache_dir, data_cache_dir
 
 
 @dataclass(frozen=True)
@@ -26,15 +26,8 @@ class RunPlan:
 
     resolved: ResolvedConfig
     source: ModelSource
-    data: LoadedData
+    data: DataScan
     notes: list[str] = field(default_factory=list)
-
-
-def cache_dir() -> Path:
-    """Where llmc keeps things it builds once (the demo model)."""
-    if "LLMC_CACHE" in os.environ:
-        return Path(os.environ["LLMC_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llmc"
 
 
 def demo_layer() -> Layer:
@@ -74,10 +67,10 @@ def plan_run(layers: list[Layer]) -> RunPlan:
     user = resolve(layers).config  # reports bad values before reading any data
     if user.data.data is None:
         raise ConfigError("No training data given.", hint="Pass --data FILE (or try --demo).")
-    data = load_examples(user.data, user.training.seed)
+    data = scan(user.data, data_cache_dir(user.data.data_cache))
     auto_family = _auto_family() if user.model.model == "auto" else None
     source = resolve_model(user.model.model, auto_family)
-    label, values = load_presets().layer(source.family.name, user.run.preset, len(data.train))
+    label, values = load_presets().layer(source.family.name, user.run.preset, data.train_records)
     resolved = resolve([Layer(label, values), *layers])
     return RunPlan(resolved, source, data, list(data.notes))
 
@@ -109,6 +102,6 @@ def preview(preset: str, model: str, data: Path | None = None, config_file: Path
                 hint="Use --model " + ", --model ".join(sorted(FAMILIES)) + ", or a folder with config.json.",
             )
         family = resolve_model(str(path)).family.name
-    n_train = len(load_examples(user.data, user.training.seed).train) if data is not None else None
+    n_train = scan(user.data, data_cache_dir(user.data.data_cache)).train_records if data is not None else None
     label, values = load_presets().layer(family, preset, n_train)
     return resolve([Layer(label, values), *layers])

@@ -15,10 +15,11 @@ from llmc_cli.checkpoints import catalog
 from llmc_cli.checkpoints.manifest import Verification, read_manifest
 from llmc_cli.config.layers import ResolvedConfig
 from llmc_cli.config.schema import RunConfig
-from llmc_cli.data.dataset import load_examples
+from llmc_cli.data.scan import scan
 from llmc_cli.engine.plan import RunPlan
 from llmc_cli.errors import CheckpointError
 from llmc_cli.models.source import resolve_model
+from llmc_cli.paths import data_cache_dir
 
 
 @dataclass
@@ -57,7 +58,7 @@ def plan_resume(target: ResumeTarget) -> RunPlan:
             if (path := getattr(config.data, key)) is not None and not path.is_absolute()
         }
     )
-    loaded = load_examples(data, config.training.seed)
+    loaded = scan(data, data_cache_dir(data.data_cache))
     source = resolve_model(manifest.get("model") or config.model.model)
     resolved = ResolvedConfig(config, dict(saved.get("sources", {})))
     return RunPlan(resolved, source, loaded, list(loaded.notes))

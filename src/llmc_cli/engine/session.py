@@ -18,15 +18,14 @@ from typing import Any
 import torch
 
 from llmc_cli.config.schema import RunConfig
-from llmc_cli.data.dataset import Rows, build_rows, rows_fingerprint
+from llmc_cli.data.dataset import Rows
 from llmc_cli.data.packing import Collator
-from llmc_cli.data.templates import ensure_chat_template
+from llmc_cli.engine.dataprep import open_tokenizer, prepare_rows
 from llmc_cli.engine.loss import TokenLoss, model_inputs
 from llmc_cli.engine.plan import RunPlan
-from llmc_cli.errors import DataError
-from llmc_cli.events import EventBus, RunStarted, TrainingWarning
+from llmc_cli.events import DataProgress, EventBus, RunStarted, TrainingWarning
 from llmc_cli.models.kind import check_causal, check_vocabulary, load_config
-from llmc_cli.models.loading import BILLION, add_lora, load_base_model, load_tokenizer, parameter_count
+from llmc_cli.models.loading import BILLION, add_lora, load_base_model, parameter_count
 from llmc_cli.optimize.allocator import keep_freed_memory
 from llmc_cli.optimize.attention import NAME as PACKED_ATTENTION
 from llmc_cli.optimize.attention import matches_stock_attention, use_packed_attention
@@ -129,6 +128,11 @@ class Session:
             "trainable_params": self.trainable_params,
             "train_rows": len(self.rows.train),
             "data": {"train": vars(self.rows.train_report), "val": vars(self.rows.val_report)},
+            "data_cache": {
+                "path": self.rows.cache_path,
+                "reused": self.rows.reused,
+                "seconds": round(self.rows.seconds, 3),
+            },
         }
 
 
@@ -153,10 +157,14 @@ def open_session(plan: RunPlan, run_dir: Path, bus: EventBus) -> Session:
 
     model_config = load_config(plan.source.location)
     check_causal(model_config, plan.source.location)
-    tokenizer = load_tokenizer(plan.source)
+    tokenizer, template_origin = open_tokenizer(plan)
     check_vocabulary(model_config, tokenizer, plan.source.location)
-    template_origin = ensure_chat_template(tokenizer, plan.source.family)
-    rows = _build_rows(plan, tokenizer, bus)
+    rows = prepare_rows(
+        plan,
+        tokenizer,
+        progress=lambda stage, done, total, elapsed: bus.emit(DataProgress(stage, done, total, elapsed)),
+        warn=lambda note: bus.emit(TrainingWarning("data", note)),
+    )
 
     base = load_base_model(plan.source, precision, cfg.model.quantize)
     stock_attention = use_packed_attention(base) if cfg.data.packing else None
@@ -176,7 +184,7 @@ def open_session(plan: RunPlan, run_dir: Path, bus: EventBus) -> Session:
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
 
     loss = TokenLoss(model)
-    sample = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in collate(rows.train[:1]).items()}
+    sample = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in collate([rows.train[0]]).items()}
     attention = _check_fast_paths(accelerator, model, base, loss, sample, precision, stock_attention, bus)
     steps_per_epoch, total_steps, eval_every = _plan_steps(t, len(train_loader), rows)
     # Not prepared: accelerate would step it once per process; this one steps once per update.
@@ -196,7 +204,7 @@ def open_session(plan: RunPlan, run_dir: Path, bus: EventBus) -> Session:
         tokenizer=tokenizer,
         template_origin=template_origin,
         rows=rows,
-        data_fingerprint=rows_fingerprint(rows.train),
+        data_fingerprint=rows.fingerprint,
         model=model,
         params=params,
         optimizer=optimizer,
@@ -241,19 +249,6 @@ def _plan_steps(training, batches_per_epoch: int, rows: Rows) -> tuple[int, int,
         total_steps, rows.train_report.tokens / steps_per_epoch, rows.val_report.tokens
     )
     return steps_per_epoch, total_steps, eval_every
-
-
-def _build_rows(plan: RunPlan, tokenizer, bus: EventBus) -> Rows:
-    cfg = plan.resolved.config
-    rows = build_rows(tokenizer, plan.data, cfg.data, cfg.training.seed)
-    for note in plan.notes + rows.train_report.warnings(cfg.data.max_length):
-        bus.emit(TrainingWarning("data", note))
-    if not rows.train:
-        raise DataError(
-            f"No training example is left after tokenisation ({rows.train_report.examples} read).",
-            hint="Raise --max-length, use --overlong truncate, or check that responses are not empty.",
-        )
-    return rows
 
 
 def default_eval_interval(total_steps: int, tokens_per_step: float, val_tokens: int) -> int:

@@ -23,6 +23,7 @@ from rich.text import Text
 from llmc_cli.events import (
     Adjustment,
     CheckpointSaved,
+    DataProgress,
     EvalEnded,
     Event,
     RunEnded,
@@ -32,7 +33,7 @@ from llmc_cli.events import (
     SystemSampled,
     TrainingWarning,
 )
-from llmc_cli.monitor.progress import _duration, describe_note, describe_start, describe_warning
+from llmc_cli.monitor.progress import _duration, describe_data, describe_note, describe_start, describe_warning
 
 SPARK = "▁▂▃▄▅▆▇█"
 REFRESH_PER_S = 2  # a frame costs ~6 ms of CPU; twice a second is plenty for training curves
@@ -98,6 +99,8 @@ class Dashboard:
             s.warnings.append(event)
         elif isinstance(event, RunResumed):
             s.resumed_from = event.step
+        elif isinstance(event, DataProgress) and not self._running:
+            self.console.print(describe_data(event), highlight=False, soft_wrap=True)
         elif isinstance(event, RunEnded) and self._running:
             self.live.stop()
             self._running = False

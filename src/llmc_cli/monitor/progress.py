@@ -11,6 +11,7 @@ from rich.console import Console
 from llmc_cli.events import (
     Adjustment,
     CheckpointSaved,
+    DataProgress,
     EvalEnded,
     Event,
     RolledBack,
@@ -31,6 +32,18 @@ def describe_start(event: RunStarted) -> str:
         f"Training {event.family} model {event.model} on {event.device} ({event.precision}): "
         f"{event.train_examples} train / {event.val_examples} val examples, {event.total_steps} steps, "
         f"{event.trainable_params:,} of {event.total_params:,} parameters trainable. Run: {event.run_dir}"
+    )
+
+
+def describe_data(event: DataProgress) -> str:
+    """``Preparing data: 41% 73,000/178,667 records, 2,950/s, ETA 0:00:35``."""
+    share = event.done / event.total if event.total else 1.0
+    rate = event.done / event.elapsed_s if event.elapsed_s > 0 else 0.0
+    eta = f", ETA {_duration(event.eta_s)}" if event.eta_s is not None and event.done < event.total else ""
+    verb = "Prepared data" if event.done >= event.total else "Preparing data"
+    return (
+        f"{verb} ({event.stage}): {share:.0%} {event.done:,}/{event.total:,} records, "
+        f"{rate:,.0f}/s, {event.elapsed_s:.1f} s{eta}"
     )
 
 
@@ -78,6 +91,8 @@ class PlainLog:
             )
         elif isinstance(event, EvalEnded):
             self.console.print(describe_eval(event), highlight=False)
+        elif isinstance(event, DataProgress):
+            self.console.print(describe_data(event), highlight=False, soft_wrap=True)
         elif isinstance(event, TrainingWarning):
             self.console.print(f"warning: {describe_warning(event)}", highlight=False, soft_wrap=True)
         elif (note := describe_note(event)) is not None:
