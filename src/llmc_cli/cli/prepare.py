@@ -63,7 +63,7 @@ def prepare(
         f"Checked {plan.data.records:,} records of {plan.data.format} data in {time.monotonic() - started:.1f} s.",
         highlight=False,
     )
-    with _progress_display(console) as progress:
+    with _ProgressDisplay(console) as progress:
         rows = tuner.prepare(progress=progress, warn=lambda note: console.print(f"warning: {note}", highlight=False))
     report = rows.train_report
     verb = "Reused" if rows.reused else "Prepared"
@@ -75,7 +75,7 @@ def prepare(
     )
 
 
-class _progress_display:
+class _ProgressDisplay:
     """A progress bar with rate and ETA on a terminal; a line every few seconds otherwise."""
 
     def __init__(self, console: Console) -> None:
@@ -107,8 +107,9 @@ class _progress_display:
             return
         rate = f"{done / elapsed_s:,.0f} records/s" if elapsed_s > 0 else ""
         if self.task is None:
-            self.task = self.bar.add_task(f"Preparing ({stage})", total=total, rate=rate)
-        self.bar.update(self.task, completed=done, rate=rate)
+            self.task = self.bar.add_task(f"Preparing ({stage})", total=total, completed=done, rate=rate)
+        else:
+            self.bar.update(self.task, completed=done, rate=rate)
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
