@@ -289,3 +289,15 @@ def test_prepare_builds_reuses_lists_and_cleans_the_data_cache(llmc, tmp_path, t
     failed = llmc("prepare", "--data", bad, "--model", tiny_model_dir, "--data-cache", cache, cwd=tmp_path)
     assert failed.returncode == 3 and "bad.jsonl.gz: cannot be read" in " ".join(failed.stderr.split())
     assert "Traceback" not in failed.stderr
+
+
+def test_doctor_reports_the_machine_and_its_implications_as_text_and_json(llmc, tmp_path):
+    text = llmc("doctor", "--output", tmp_path / "runs", cwd=tmp_path, timeout=120)
+    assert text.returncode == 0, text.stderr
+    assert "This machine" in text.stdout and "What it implies" in text.stdout and "precision" in text.stdout
+    result = llmc("doctor", "--json", cwd=tmp_path, timeout=120)
+    payload = json.loads(result.stdout)
+    assert payload["machine"]["cpu_cores"] >= 1 and payload["machine"]["ram_total_bytes"] > 0
+    topics = {item["topic"]: item for item in payload["advice"]}
+    assert topics["precision"]["answer"] in ("bf16", "fp16", "fp32") and topics["precision"]["why"]
+    assert not payload["machine"]["gpus"] or topics["QLoRA (--quantize 4bit)"]["answer"]

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from llmc_cli import __version__
-from llmc_cli.cli import checkpoints, prepare, presets, resume, train
+from llmc_cli.cli import checkpoints, doctor, prepare, presets, resume, train
 from llmc_cli.errors import LlmcError
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app = typer.Typer(
 app.command(name="train")(train.train)
 app.command(name="resume")(resume.resume)
 app.command(name="prepare")(prepare.prepare)
+app.command(name="doctor")(doctor.doctor)
 app.add_typer(checkpoints.app, name="checkpoints")
 app.add_typer(presets.app, name="presets")
 
