@@ -95,6 +95,13 @@ class FineTuner:
             self._plan = plan_run(self._layers)
         return self._plan
 
+    def dry_run(self) -> dict:
+        """What a run would do, without loading weights or training: the resolved config with
+        the source of each value, data, model and adapter sizes, precision, steps and disk."""
+        from llmc_cli.engine.dryrun import dry_run
+
+        return dry_run(self.plan())
+
     def prepare(self, progress=None, warn=None):
         """Tokenise the data into the cache (or find it there) without loading the model's weights.
 

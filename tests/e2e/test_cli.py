@@ -301,3 +301,27 @@ def test_doctor_reports_the_machine_and_its_implications_as_text_and_json(llmc, 
     topics = {item["topic"]: item for item in payload["advice"]}
     assert topics["precision"]["answer"] in ("bf16", "fp16", "fp32") and topics["precision"]["why"]
     assert not payload["machine"]["gpus"] or topics["QLoRA (--quantize 4bit)"]["answer"]
+
+
+def test_dry_run_plans_steps_and_checkpoint_size_that_a_real_run_matches(llmc, tmp_path, tiny_model_dir):
+    sample = Path(__file__).resolve().parents[1] / "fixtures" / "gsm8k" / "train_sample.jsonl"
+    args = ["--data", sample, "--model", tiny_model_dir, "--limit", "80", "--max-length", "128", "--batch-size", "2",
+            "--grad-accum", "2", "--epochs", "1", "--checkpoint-interval", "4", "--lora-r", "4"]  # fmt: skip
+    before = json.loads(llmc("train", *args, "--dry-run", "--json", cwd=tmp_path).stdout)
+    assert before["data"]["prepared"] is False and before["steps"]["total_steps"] is None
+    assert before["config"]["lora_r"] == {"value": 4, "source": "cli"}
+    assert before["model"]["trainable_params"] > 0 and not (tmp_path / "runs").exists()
+    assert llmc("prepare", *args[:-12], "--max-length", "128", "--limit", "80", cwd=tmp_path).returncode == 0
+    plan = json.loads(llmc("train", *args, "--dry-run", "--json", cwd=tmp_path).stdout)
+    assert plan["data"]["prepared"] is True and plan["steps"]["exact"] is True
+    text = llmc("train", *args, "--dry-run", cwd=tmp_path)
+    assert "Configuration (each value and the layer that set it)" in text.stdout and "trainable" in text.stdout
+    result = llmc("train", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "runs" / "run-1"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == plan["steps"]["total_steps"]
+    assert summary["trainable_params"] == plan["model"]["trainable_params"]
+    checkpoint = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+    size = sum(p.stat().st_size for p in checkpoint.rglob("*") if p.is_file())
+    assert abs(size - plan["disk"]["bytes_per_checkpoint"]) / size < 0.1, (size, plan["disk"])

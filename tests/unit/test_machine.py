@@ -1,6 +1,4 @@
-from pathlib import Path
-
-from llmc_cli.optimize.machine import GPU, Machine, _free, advise, read_cpuinfo
+from llmc_cli.optimize.machine import GPU, Machine, advise, read_cpuinfo
 
 
 def machine(gpus=(), flags=("avx2",), ram_gib=16, bitsandbytes="0.45.0"):
@@ -52,8 +50,3 @@ def test_a_gpu_machine_gets_its_precision_qlora_and_a_family_for_its_memory():
     assert on_a100["precision"] == "bf16" and on_a100["--model auto"].startswith("mistral")
     no_bnb = answers(machine(gpus=[a100], bitsandbytes=None))
     assert no_bnb["QLoRA (--quantize 4bit)"] == "not possible here"
-
-
-def test_free_space_of_a_folder_not_yet_created_is_its_parents(tmp_path):
-    assert _free(tmp_path / "not" / "yet") == _free(tmp_path) is not None
-    assert _free(Path("relative-runs-folder")) is not None

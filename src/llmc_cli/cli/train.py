@@ -63,6 +63,10 @@ def train(
     keep_best_checkpoints: Annotated[int | None, _opt("keep_best_checkpoints", "--keep-best")] = None,
     report_to: Annotated[str | None, _opt("report_to", "--report-to")] = None,
     dashboard: DashboardOpt = True,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the plan (config and its sources, data, model, steps) and exit.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print the plan as JSON.")] = False,
 ) -> None:
     """Fine-tune a model with LoRA on a data file.
 
@@ -80,10 +84,71 @@ def train(
         quiet_libraries()
         from llmc_cli import FineTuner
 
+    if as_json and not dry_run:
+        raise typer.BadParameter("--json goes with --dry-run.", param_hint="--json")
     tuner = FineTuner(config_file=config, demo=demo, **flags)
     with console.status("Checking configuration, data and model..."):
         tuner.plan()
+    if dry_run:
+        with console.status("Counting parameters and looking for prepared data..."):
+            plan = tuner.dry_run()
+        show_plan(console, plan, as_json)
+        return
     execute(tuner, console, dashboard)
+
+
+def show_plan(console: Console, plan: dict, as_json: bool) -> None:
+    """Print a dry run's plan as JSON or as tables."""
+    import json
+
+    from rich.table import Table
+
+    from llmc_cli.durable import human_bytes
+
+    if as_json:
+        print(json.dumps(plan, indent=2, default=str))
+        return
+    config = Table(title="Configuration (each value and the layer that set it)")
+    for column in ("key", "value", "source"):
+        config.add_column(column, overflow="fold")
+    for key, item in plan["config"].items():
+        value = item["value"]
+        config.add_row(key, ",".join(value) if isinstance(value, list) else str(value), item["source"])
+    console.print(config)
+    model, data, steps, disk = plan["model"], plan["data"], plan["steps"], plan["disk"]
+    facts = Table(title="Plan", show_header=False)
+    facts.add_column(style="bold")
+    facts.add_column(overflow="fold")
+    facts.add_row("model", f"{model['location']} ({model['family']}: {model['reason']})")
+    if "total_params" in model:
+        facts.add_row(
+            "parameters",
+            f"{model['total_params']:,} in the base, {model['trainable_params']:,} trainable in the adapter "
+            f"({model['trainable_params'] / model['total_params']:.2%})",
+        )
+    facts.add_row("precision", f"{plan['hardware']['precision']} on {plan['hardware']['device']}: "
+                  f"{plan['hardware']['precision_reason']}")  # fmt: skip
+    facts.add_row("data", f"{data['file']}: {data['records']:,} {data['format']} records, {data['train_records']:,} "
+                  f"train / {data['val_records']:,} validation ({data['validation']})")  # fmt: skip
+    if data["prepared"]:
+        facts.add_row("prepared", f"{data['train_rows']:,} train rows ({data['train_tokens']:,} tokens), "
+                      f"{data['val_rows']:,} validation rows, in {data['cache']}")  # fmt: skip
+    else:
+        facts.add_row("prepared", "not yet: the first run tokenises the data (or run llmc prepare first)")
+    if steps.get("steps_per_epoch"):
+        facts.add_row("steps", f"{steps['total_steps']:,} ({steps['steps_per_epoch']:,} per epoch), "
+                      f"evaluation every {steps['eval_every']:,}")  # fmt: skip
+    else:
+        facts.add_row("steps", str(steps["total_steps"]) if steps["total_steps"] else steps["reason"])
+    if disk["bytes_needed"] is not None:
+        free = human_bytes(disk["free_bytes"]) if disk["free_bytes"] is not None else "unknown"
+        facts.add_row(
+            "disk",
+            f"{human_bytes(disk['bytes_needed'])} for up to {disk['checkpoints_kept']} checkpoints of "
+            f"{human_bytes(disk['bytes_per_checkpoint'])} and the final adapter; {free} free at {disk['output']}",
+        )
+    facts.add_row("memory", f"not estimated: {plan['memory']['reason']}")
+    console.print(facts)
 
 
 def execute(tuner, console: Console, dashboard: bool = True) -> None:

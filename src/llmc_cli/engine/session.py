@@ -186,7 +186,7 @@ def open_session(plan: RunPlan, run_dir: Path, bus: EventBus) -> Session:
     loss = TokenLoss(model)
     sample = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in collate([rows.train[0]]).items()}
     attention = _check_fast_paths(accelerator, model, base, loss, sample, precision, stock_attention, bus)
-    steps_per_epoch, total_steps, eval_every = _plan_steps(t, len(train_loader), rows)
+    steps_per_epoch, total_steps, eval_every = plan_steps(t, len(train_loader), rows)
     # Not prepared: accelerate would step it once per process; this one steps once per update.
     scheduler = get_scheduler(
         "constant_with_warmup" if t.scheduler == "constant" else t.scheduler,
@@ -241,7 +241,7 @@ def _check_fast_paths(accelerator, model, base, loss, sample, precision, stock_a
     return attention
 
 
-def _plan_steps(training, batches_per_epoch: int, rows: Rows) -> tuple[int, int, int]:
+def plan_steps(training, batches_per_epoch: int, rows: Rows) -> tuple[int, int, int]:
     """Optimizer steps per epoch, in the run, and between evaluations."""
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / training.grad_accum))
     total_steps = training.max_steps or max(1, math.ceil(training.epochs * steps_per_epoch))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import psutil
 
 from llmc_cli.config.families import FAMILIES
+from llmc_cli.durable import free_bytes
 from llmc_cli.optimize.hardware import CPU_BF16_FLAGS, Hardware, choose_precision, pick_family
 
 FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve")
@@ -99,7 +99,7 @@ def probe(paths: list[Path], cpuinfo: Path = Path("/proc/cpuinfo")) -> Machine:
         ram_total_bytes=memory.total,
         ram_available_bytes=memory.available,
         gpus=gpus,
-        disk_free_bytes={str(path): _free(path) for path in paths},
+        disk_free_bytes={str(path): free_bytes(Path(path).expanduser()) for path in paths},
         python=platform.python_version(),
         torch=torch.__version__,
         cuda=torch.version.cuda,
@@ -162,16 +162,6 @@ def _bitsandbytes(notes: list[str], have_gpu: bool) -> str | None:
     if not have_gpu:
         notes.append("bitsandbytes is installed, but QLoRA in llmc needs a CUDA GPU.")
     return found
-
-
-def _free(path: Path) -> int | None:
-    path = Path(path).expanduser().absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    try:
-        return shutil.disk_usage(path).free
-    except OSError:
-        return None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,157 @@
+"""``llmc train --dry-run``: everything a run would decide, without loading weights or training.
+
+It resolves the config (every value with the layer that set it), scans the data, reads the
+model's config and counts its parameters and the adapter's on the meta device, chooses the
+precision for this hardware, and, when the data is already prepared, gives the exact rows
+and steps. A checkpoint takes 16 bytes per adapter parameter (the adapter, AdamW's two
+moments and the best adapter, all fp32) and about 80 KB of states and metadata; tests/e2e
+checks the figure against a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from llmc_cli.data.cache import CorruptEntry, Entry
+from llmc_cli.data.dataset import CachedRows, Rows
+from llmc_cli.data.layout import load_or_build
+from llmc_cli.data.prepare import cache_key
+from llmc_cli.durable import free_bytes
+from llmc_cli.engine.dataprep import open_tokenizer
+from llmc_cli.engine.plan import RunPlan
+from llmc_cli.engine.session import plan_steps
+from llmc_cli.models.footprint import footprint
+from llmc_cli.models.kind import check_causal, load_config
+from llmc_cli.optimize.hardware import choose_precision, detect
+from llmc_cli.paths import data_cache_dir
+
+CHECKPOINT_BYTES_PER_PARAM = 16  # adapter + AdamW exp_avg + exp_avg_sq + best adapter, fp32
+CHECKPOINT_FIXED_BYTES = 80_000  # RNG states (60 KB), configs, README, manifest: measured on a tiny run
+ADAPTER_BYTES_PER_PARAM = 4
+
+
+def dry_run(plan: RunPlan) -> dict[str, Any]:
+    """The plan as a JSON-ready dict: config, data, model, hardware, steps and disk."""
+    cfg = plan.resolved.config
+    hardware = detect()
+    precision, precision_reason = choose_precision(cfg.model.precision, cfg.model.enable_mixed_precision, hardware)
+    report: dict[str, Any] = {
+        "config": {
+            key: {"value": value, "source": plan.resolved.sources.get(key, "default")}
+            for key, value in plan.resolved.config.flat().items()
+        },
+        "hardware": {"device": hardware.device_name, "precision": precision, "precision_reason": precision_reason},
+    }
+    report["model"] = _model(plan)
+    rows = _prepared_rows(plan)
+    report["data"] = _data(plan, rows)
+    report["steps"] = _steps(plan, rows)
+    trainable = report["model"].get("trainable_params")
+    kept = cfg.run.max_checkpoints + cfg.run.keep_best_checkpoints
+    output = cfg.run.output
+    per_checkpoint = trainable * CHECKPOINT_BYTES_PER_PARAM + CHECKPOINT_FIXED_BYTES if trainable else None
+    report["disk"] = {
+        "output": str(output),
+        "free_bytes": free_bytes(output),
+        "checkpoints_kept": kept,
+        "bytes_per_checkpoint": per_checkpoint,
+        "bytes_needed": (
+            per_checkpoint * kept + trainable * ADAPTER_BYTES_PER_PARAM + _tokenizer_bytes(plan) if trainable else None
+        ),
+    }
+    report["memory"] = {"estimate": None, "reason": "the memory estimator is not built yet (issue 15)"}
+    return report
+
+
+TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "vocab.*", "merges.txt", "chat_template.*")
+
+
+def _tokenizer_bytes(plan: RunPlan) -> int:
+    """Size of the tokenizer files the final adapter folder gets a copy of."""
+    folder = Path(plan.source.location)
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for pattern in TOKENIZER_FILES for p in folder.glob(pattern) if p.is_file())
+
+
+def _model(plan: RunPlan) -> dict[str, Any]:
+    source = plan.source
+    facts: dict[str, Any] = {"location": source.location, "family": source.family.name, "reason": source.reason}
+    if not source.local:
+        facts["note"] = "not downloaded yet: parameters are counted once it is"
+        return facts
+    config = load_config(source.location)
+    check_causal(config, source.location)
+    counted = footprint(config, plan.resolved.config.lora)
+    facts.update(
+        model_type=getattr(config, "model_type", None),
+        layers=getattr(config, "num_hidden_layers", None),
+        hidden_size=getattr(config, "hidden_size", None),
+        vocab_size=getattr(config, "vocab_size", None),
+        total_params=counted.total_params,
+        trainable_params=counted.trainable_params,
+    )
+    return facts
+
+
+def _prepared_rows(plan: RunPlan) -> Rows | None:
+    """The run's rows if its data is already in the cache (nothing is tokenised here)."""
+    if not plan.source.local:
+        return None
+    cfg = plan.resolved.config
+    tokenizer, _ = open_tokenizer(plan)
+    root = data_cache_dir(cfg.data.data_cache)
+    key = cache_key(cfg.data, plan.data, tokenizer)
+    try:
+        entry = Entry.open(root, key)
+    except CorruptEntry:
+        return None
+    if entry is None:
+        return None
+    layout = load_or_build(entry, cfg.training.seed, cfg.data.packing, cfg.data.max_length)
+    reader = entry.reader()
+    return Rows(
+        CachedRows(reader, layout.train_offsets, layout.train_members),
+        CachedRows(reader, layout.val_offsets, layout.val_members),
+        layout.train_report,
+        layout.val_report,
+        f"{key}/{layout.name}",
+        cache_path=str(entry.path),
+        reused=True,
+    )
+
+
+def _data(plan: RunPlan, rows: Rows | None) -> dict[str, Any]:
+    scan = plan.data
+    facts: dict[str, Any] = {
+        "file": str(plan.resolved.config.data.data),
+        "format": scan.format,
+        "records": scan.records,
+        "train_records": scan.train_records,
+        "val_records": scan.val_records,
+        "validation": scan.val_source,
+        "prepared": rows is not None,
+    }
+    if rows is not None:
+        facts.update(
+            cache=rows.cache_path,
+            train_rows=len(rows.train),
+            val_rows=len(rows.val),
+            train_tokens=rows.train_report.tokens,
+            truncated=rows.train_report.truncated,
+            dropped=rows.train_report.dropped_too_long + rows.train_report.dropped_no_target,
+        )
+    return facts
+
+
+def _steps(plan: RunPlan, rows: Rows | None) -> dict[str, Any]:
+    training = plan.resolved.config.training
+    if rows is None:
+        if training.max_steps:
+            return {"total_steps": training.max_steps, "exact": True}
+        return {"total_steps": None, "exact": False, "reason": "the data is not prepared yet: run llmc prepare"}
+    batches = math.ceil(len(rows.train) / training.batch_size)
+    per_epoch, total, eval_every = plan_steps(training, batches, rows)
+    return {"steps_per_epoch": per_epoch, "total_steps": total, "eval_every": eval_every, "exact": True}
