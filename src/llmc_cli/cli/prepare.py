@@ -66,6 +66,13 @@ def prepare(
     with _ProgressDisplay(console) as progress:
         rows = tuner.prepare(progress=progress, warn=lambda note: console.print(f"warning: {note}", highlight=False))
     report = rows.train_report
+    if report.lengths:
+        lengths, max_length = report.lengths, plan.resolved.config.data.max_length
+        console.print(
+            f"Token lengths before truncation: median {lengths['p50']:,}, p95 {lengths['p95']:,}, "
+            f"p99 {lengths['p99']:,}, longest {lengths['max']:,} (max_length {max_length:,}).",
+            highlight=False,
+        )
     verb = "Reused" if rows.reused else "Prepared"
     console.print(
         f"{verb} {rows.cache_path}: {len(rows.train):,} train rows from {report.kept:,} examples "

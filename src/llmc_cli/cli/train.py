@@ -133,6 +133,12 @@ def show_plan(console: Console, plan: dict, as_json: bool) -> None:
     if data["prepared"]:
         facts.add_row("prepared", f"{data['train_rows']:,} train rows ({data['train_tokens']:,} tokens), "
                       f"{data['val_rows']:,} validation rows, in {data['cache']}")  # fmt: skip
+        if data["token_lengths"]:
+            lengths = data["token_lengths"]
+            facts.add_row("lengths", f"median {lengths['p50']:,}, p95 {lengths['p95']:,}, p99 {lengths['p99']:,}, "
+                          f"longest {lengths['max']:,} tokens (before truncation)")  # fmt: skip
+        for note in data["notes"]:
+            facts.add_row("note", note)
     else:
         facts.add_row("prepared", "not yet: the first run tokenises the data (or run llmc prepare first)")
     if steps.get("steps_per_epoch"):

@@ -9,8 +9,8 @@ directory::
                        vocabularies over 65,535)
         targets.bin    uint8, 1 where the token carries the loss
         offsets.npy    int64, example i is tokens[offsets[i]:offsets[i + 1]]
-        records.npy    one row per record read (kept or dropped): flags, length, target
-                       tokens, line, source (0 = --data, 1 = --val-data)
+        records.npy    one row per record read (kept or dropped): flags, length before and
+                       after truncation, target tokens, line, source (0 = --data, 1 = --val-data)
         layouts/       the split into train/val rows for a seed and packing (data/layout.py)
         manifest.json  written last: what the entry holds and the size of every file
 
@@ -45,10 +45,12 @@ from llmc_cli.data.tokenize import DROPPED, EncodedChunk
 from llmc_cli.durable import disk_error, disk_full, fsync_dir, fsync_file, write_json
 from llmc_cli.errors import ConfigError
 
-VERSION = 1
+VERSION = 2
 MANIFEST = "manifest.json"
 PARTIAL = ".partial-"
-RECORD_DTYPE = np.dtype([("flags", "u1"), ("source", "u1"), ("length", "<i4"), ("targets", "<i4"), ("line", "<i8")])
+RECORD_DTYPE = np.dtype(
+    [("flags", "u1"), ("source", "u1"), ("full_length", "<i4"), ("length", "<i4"), ("targets", "<i4"), ("line", "<i8")]
+)
 FILES = ("tokens.bin", "targets.bin", "offsets.npy", "records.npy")
 
 
@@ -127,7 +129,7 @@ class Entry:
                         f"{name} is {(path / name).stat().st_size} bytes, the manifest says {sizes[name]}"
                     )
             if manifest.get("version") != VERSION:
-                raise CorruptEntry(f"format version {manifest.get('version')}, this llmc reads {VERSION}")
+                raise CorruptEntry(f"written in format {manifest.get('version')}; this llmc reads format {VERSION}")
             offsets = np.load(path / "offsets.npy", mmap_mode="r")
             return cls(path, manifest, offsets, np.dtype(manifest["dtype"]))
         except CorruptEntry:
@@ -200,7 +202,7 @@ class EntryWriter:
         """Append a chunk of encoded records (in file order)."""
         records = np.zeros(len(lines), dtype=RECORD_DTYPE)
         records["flags"], records["source"], records["line"] = chunk.flags, source, lines
-        records["length"], records["targets"] = chunk.lengths, chunk.targets
+        records["length"], records["targets"], records["full_length"] = chunk.lengths, chunk.targets, chunk.full_lengths
         self._tokens.write(chunk.ids.astype(self.dtype, copy=False).tobytes())
         self._targets.write(chunk.mask.astype(np.uint8, copy=False).tobytes())
         self._lengths.extend(chunk.lengths[(chunk.flags & DROPPED) == 0].tolist())

@@ -29,6 +29,7 @@ from llmc_cli.data.tokenize import (
     NOT_PREFIX_STABLE,
     TRUNCATED,
     EncodeReport,
+    length_stats,
 )
 from llmc_cli.durable import staged_dir, write_json
 
@@ -166,4 +167,5 @@ def report(records: np.ndarray) -> EncodeReport:
         target_tokens=int(records["targets"][kept].sum()),
         longest=int(records["length"][kept].max()) if kept.any() else 0,
         lines_dropped=[int(line) for line in records["line"][~kept][:MAX_LINES_KEPT]],
+        lengths=length_stats(records["full_length"]),
     )

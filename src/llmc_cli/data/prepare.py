@@ -90,7 +90,7 @@ def prepare(
         try:
             entry = Entry.open(root, key)
         except CorruptEntry as exc:
-            notes.append(f"The data cache {root / key} is damaged ({exc}); it was rebuilt.")
+            notes.append(f"The data cache {root / key} was unusable ({exc}); it was rebuilt.")
             shutil.rmtree(root / key, ignore_errors=True)
             entry = None
         reused = entry is not None
@@ -126,14 +126,14 @@ def _build(root: Path, key: str, settings: DataSettings, tokenizer, scan: DataSc
     writer = EntryWriter(root, key, dtype)
     try:
         with _Encoder(tokenizer, options, workers) as encoder:
-            last = started
+            last, reported = started, 0
             for source, path, limit in sources:
                 for lines, outcomes in encoder.run(_chunks(path, scan.format, limit)):
                     writer.add(source, lines, outcomes)
                     now = time.monotonic()
                     if progress is not None and now - last >= PROGRESS_EVERY_S:
                         progress("tokenise", writer.records, total, now - started)
-                        last = now
+                        last, reported = now, writer.records
         if writer.records != total:
             raise DataError(
                 f"{settings.data} changed while it was being prepared ({writer.records} records now, "
@@ -141,7 +141,7 @@ def _build(root: Path, key: str, settings: DataSettings, tokenizer, scan: DataSc
                 hint="Wait until the file is written completely, then run again.",
             )
         seconds = time.monotonic() - started
-        if progress is not None:
+        if progress is not None and reported != writer.records:
             progress("tokenise", writer.records, total, seconds)
         writer.commit(
             {

@@ -18,6 +18,8 @@ from llmc_cli.data.templates import Rendered, render
 IGNORE = -100
 BATCH = 512
 MAX_LINES_KEPT = 100  # dropped-example lines a report keeps (the count is exact)
+LONG_SHARE = 0.01  # suggest a max_length when more than this share of examples exceed it
+LENGTH_STEP = 64
 
 # Flags of one example's outcome (several may be set: a truncated example can lose its target).
 TRUNCATED = 1
@@ -40,6 +42,7 @@ class EncodedArrays:
     """One example's outcome: ``flags``, and when it is kept, its ids and target mask (1 = in the loss)."""
 
     flags: int
+    full_length: int  # tokens before truncation or dropping
     ids: np.ndarray | None = None
     mask: np.ndarray | None = None
 
@@ -58,6 +61,7 @@ class EncodeReport:
     target_tokens: int = 0
     longest: int = 0
     lines_dropped: list[int] = field(default_factory=list)
+    lengths: dict[str, int] = field(default_factory=dict)  # p50/p95/p99/max tokens, before truncation
 
     def add(self, line: int, outcome: EncodedArrays) -> None:
         """Count one example."""
@@ -80,6 +84,13 @@ class EncodeReport:
     def warnings(self, max_length: int) -> list[str]:
         """Human-readable notes on anything the user should know."""
         notes = []
+        too_long = self.truncated + self.dropped_too_long
+        if self.lengths and too_long > LONG_SHARE * self.examples:
+            notes.append(
+                f"{too_long / self.examples:.1%} of examples are longer than max_length={max_length} "
+                f"(token lengths: median {self.lengths['p50']}, p99 {self.lengths['p99']}, max {self.lengths['max']}); "
+                f"--max-length {suggest_max_length(self.lengths['p99'])} would keep 99% of them whole."
+            )
         if self.truncated:
             notes.append(f"{self.truncated} examples were longer than max_length={max_length} and were truncated.")
         if self.dropped_too_long:
@@ -100,6 +111,19 @@ class EncodeReport:
         return notes
 
 
+def length_stats(lengths: np.ndarray) -> dict[str, int]:
+    """Median, p95, p99 and longest of token lengths (empty for no examples)."""
+    if len(lengths) == 0:
+        return {}
+    p50, p95, p99 = (int(np.percentile(lengths, q, method="higher")) for q in (50, 95, 99))
+    return {"p50": p50, "p95": p95, "p99": p99, "max": int(lengths.max())}
+
+
+def suggest_max_length(p99: int) -> int:
+    """The p99 length rounded up to a multiple of 64."""
+    return max(LENGTH_STEP, -(-p99 // LENGTH_STEP) * LENGTH_STEP)
+
+
 def encode(
     tokenizer,
     examples: list[Example],
@@ -111,15 +135,18 @@ def encode(
     """Render, tokenise and mask examples in memory; the first token of each example is never a target."""
     report = EncodeReport()
     encoded: list[Encoded] = []
+    full_lengths = []
     for start in range(0, len(examples), BATCH):
         chunk = examples[start : start + BATCH]
         for example, outcome in zip(
             chunk, encode_arrays(tokenizer, chunk, max_length, overlong, train_on_prompt), strict=True
         ):
             report.add(example.line, outcome)
+            full_lengths.append(outcome.full_length)
             if not outcome.flags & DROPPED:
                 labels = np.where(outcome.mask.astype(bool), outcome.ids, IGNORE)
                 encoded.append(Encoded(outcome.ids.tolist(), labels.tolist()))
+    report.lengths = length_stats(np.array(full_lengths, dtype=np.int64))
     return encoded, report
 
 
@@ -143,6 +170,7 @@ class EncodedChunk:
     """
 
     flags: np.ndarray
+    full_lengths: np.ndarray
     lengths: np.ndarray
     targets: np.ndarray
     ids: np.ndarray
@@ -157,6 +185,7 @@ def encode_chunk(
     kept = [o for o in outcomes if not o.flags & DROPPED]
     return EncodedChunk(
         flags=np.array([o.flags for o in outcomes], dtype=np.uint8),
+        full_lengths=np.array([o.full_length for o in outcomes], dtype=np.int32),
         lengths=np.array([0 if o.flags & DROPPED else len(o.ids) for o in outcomes], dtype=np.int32),
         targets=np.array([0 if o.flags & DROPPED else int(o.mask.sum()) for o in outcomes], dtype=np.int32),
         ids=np.concatenate([o.ids for o in kept]).astype(dtype) if kept else np.zeros(0, dtype=dtype),
@@ -199,16 +228,17 @@ def _mask_and_fit(
 ) -> EncodedArrays:
     flags = 0 if item.prefix_stable else NOT_PREFIX_STABLE
     token_ids = np.asarray(ids, dtype=np.int64)
+    full_length = len(token_ids)
     mask = _target_mask(np.asarray(offsets, dtype=np.int64).reshape(-1, 2), item.spans)
     mask[0] = 0
     if len(token_ids) > max_length:
         if overlong == "drop":
-            return EncodedArrays(flags | DROPPED_TOO_LONG)
+            return EncodedArrays(flags | DROPPED_TOO_LONG, full_length)
         token_ids, mask = token_ids[:max_length], mask[:max_length]
         flags |= TRUNCATED
     if not mask.any():
-        return EncodedArrays(flags | DROPPED_NO_TARGET)
-    return EncodedArrays(flags, token_ids, mask)
+        return EncodedArrays(flags | DROPPED_NO_TARGET, full_length)
+    return EncodedArrays(flags, full_length, token_ids, mask)
 
 
 def _target_mask(offsets: np.ndarray, spans: tuple[tuple[int, int], ...]) -> np.ndarray:

@@ -141,6 +141,8 @@ def _data(plan: RunPlan, rows: Rows | None) -> dict[str, Any]:
             val_rows=len(rows.val),
             train_tokens=rows.train_report.tokens,
             truncated=rows.train_report.truncated,
+            token_lengths=rows.train_report.lengths,
+            notes=rows.train_report.warnings(plan.resolved.config.data.max_length),
             dropped=rows.train_report.dropped_too_long + rows.train_report.dropped_no_target,
         )
     return facts

@@ -123,7 +123,7 @@ def test_a_damaged_entry_is_rebuilt_with_a_notice(tmp_path, tokenizer, gsm8k_tra
     tokens.write_bytes(tokens.read_bytes()[:-10])
     again = prepare(data, tokenizer, scan(data, tmp_path), seed=0, root=tmp_path)
     assert not again.reused
-    assert any("is damaged" in note and "rebuilt" in note for note in again.notes)
+    assert any("was unusable" in note and "rebuilt" in note for note in again.notes)
     assert as_lists(again.train[i] for i in range(len(again.train))) == as_lists(
         first.train[i] for i in range(len(first.train))
     )

@@ -86,3 +86,17 @@ def test_packed_rows_do_not_attend_across_examples(tiny_model_dir):
         for start, end in _segments(row.position_ids):
             alone = model(input_ids=torch.tensor([row.input_ids[start:end]])).logits[0]
             torch.testing.assert_close(packed[start:end], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_length_percentiles_and_a_max_length_suggestion_when_many_examples_are_cut(tokenizer):
+    from llmc_cli.data.tokenize import suggest_max_length
+
+    examples = [QA] * 60 + [Example(9, messages=(("user", "word " * 60), ("assistant", "done")))] * 40
+    _, report = encode(tokenizer, examples, 48)
+    lengths = report.lengths
+    assert lengths["p50"] < 48 < lengths["p99"] == lengths["max"]
+    (note,) = [n for n in report.warnings(48) if "would keep 99%" in n]
+    assert f"--max-length {suggest_max_length(lengths['p99'])}" in note and "40.0% of examples" in note
+    assert suggest_max_length(65) == 128 and suggest_max_length(64) == 64 and suggest_max_length(3) == 64
+    _, fine = encode(tokenizer, [QA] * 10, 512)
+    assert not [n for n in fine.warnings(512) if "would keep" in n]
