@@ -22,10 +22,14 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from llmc_cli.config.schema import DataSettings
@@ -38,7 +42,7 @@ from llmc_cli.data.readers import iter_records
 from llmc_cli.data.scan import DataScan
 from llmc_cli.data.tokenize import EncodedChunk, encode_chunk
 from llmc_cli.durable import disk_errors
-from llmc_cli.errors import DataError
+from llmc_cli.errors import DataError, RunInterrupted
 
 CHUNK = 1024
 PARALLEL_FROM = 50_000
@@ -77,11 +81,13 @@ def prepare(
     *,
     workers: int | None = None,
     progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Rows:
     """The rows of a run, from the cache (built first if this key has no entry).
 
     Raises:
-        DataError: the data changed since the scan; DiskFull: the cache's disk filled up.
+        DataError: the data changed since the scan; DiskFull: the cache's disk filled up;
+        RunInterrupted: ``should_stop()`` turned true, or SIGTERM arrived (the partial entry is removed).
     """
     key = cache_key(settings, scan, tokenizer)
     started = time.monotonic()
@@ -96,7 +102,7 @@ def prepare(
         reused = entry is not None
         if entry is None:
             with disk_errors("the prepared data cache", root):
-                _build(root, key, settings, tokenizer, scan, workers or default_workers(), progress)
+                _build(root, key, settings, tokenizer, scan, workers or default_workers(), progress, should_stop)
             entry = Entry.open(root, key)
             assert entry is not None
         layout = load_or_build(entry, seed, settings.packing, settings.max_length)
@@ -114,7 +120,9 @@ def prepare(
     )
 
 
-def _build(root: Path, key: str, settings: DataSettings, tokenizer, scan: DataScan, workers: int, progress) -> None:
+def _build(
+    root: Path, key: str, settings: DataSettings, tokenizer, scan: DataScan, workers: int, progress, should_stop
+) -> None:
     dtype = token_dtype(len(tokenizer))
     sources = [(0, settings.data, settings.limit)]
     if settings.val_data is not None:
@@ -125,11 +133,13 @@ def _build(root: Path, key: str, settings: DataSettings, tokenizer, scan: DataSc
     started = time.monotonic()
     writer = EntryWriter(root, key, dtype)
     try:
-        with _Encoder(tokenizer, options, workers) as encoder:
+        with _Encoder(tokenizer, options, workers) as encoder, _terminate_raises():
             last, reported = started, 0
             for source, path, limit in sources:
                 for lines, outcomes in encoder.run(_chunks(path, scan.format, limit)):
                     writer.add(source, lines, outcomes)
+                    if should_stop is not None and should_stop():
+                        raise _stopped()
                     now = time.monotonic()
                     if progress is not None and now - last >= PROGRESS_EVERY_S:
                         progress("tokenise", writer.records, total, now - started)
@@ -159,9 +169,40 @@ def _build(root: Path, key: str, settings: DataSettings, tokenizer, scan: DataSc
                 "seconds": round(seconds, 3),
             }
         )
+    except KeyboardInterrupt:  # Ctrl-C: the same clean stop and message as SIGTERM
+        writer.abort()
+        raise _stopped() from None
     except BaseException:
         writer.abort()
         raise
+
+
+def _stopped() -> RunInterrupted:
+    return RunInterrupted(
+        "Stopped while preparing the data: nothing was trained, and the unfinished cache entry was removed.",
+        hint="Run the same command again to prepare from the start.",
+    )
+
+
+@contextmanager
+def _terminate_raises() -> Iterator[None]:
+    """SIGTERM stops a preparation like Ctrl-C does, so the partial entry and the workers are cleaned up.
+
+    Only where SIGTERM still has its default action (a training run installs its own handler
+    and passes ``should_stop`` instead)."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def raise_stopped(signum, frame):
+        raise _stopped()
+
+    signal.signal(signal.SIGTERM, raise_stopped)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _chunks(path: Path, fmt: str, limit: int | None) -> Iterator[tuple[list[int], list[Example]]]:
@@ -182,11 +223,29 @@ def _chunks(path: Path, fmt: str, limit: int | None) -> Iterator[tuple[list[int]
 
 
 _WORKER: dict = {}
+PR_SET_PDEATHSIG = 1
 
 
 def _init_worker(tokenizer, options: tuple) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one process per core already
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C reaches the whole group
+    _die_with_parent()
     _WORKER["tokenizer"], _WORKER["options"] = tokenizer, options
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel sends SIGKILL to this worker if the parent dies (even by SIGKILL)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+    except OSError:
+        pass
 
 
 def _encode_in_worker(examples: list[Example]) -> EncodedChunk:
@@ -213,8 +272,12 @@ class _Encoder:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=exc[0] is None, cancel_futures=True)
+        if self.pool is None:
+            return
+        if exc[0] is not None:  # stopped or failed: do not wait for the chunks in flight
+            for process in list(getattr(self.pool, "_processes", {}).values()):
+                process.terminate()
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def run(self, chunks: Iterator[tuple[list[int], list[Example]]]) -> Iterator[tuple[list[int], EncodedChunk]]:
         if self.pool is None:

@@ -23,7 +23,13 @@ def open_tokenizer(plan: RunPlan):
     return tokenizer, ensure_chat_template(tokenizer, plan.source.family)
 
 
-def prepare_rows(plan: RunPlan, tokenizer, progress: Progress | None = None, warn: Callable[[str], None] | None = None):
+def prepare_rows(
+    plan: RunPlan,
+    tokenizer,
+    progress: Progress | None = None,
+    warn: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+):
     """The run's rows (tokenised once into the cache, then reused); notes go to ``warn``.
 
     Raises:
@@ -39,6 +45,7 @@ def prepare_rows(plan: RunPlan, tokenizer, progress: Progress | None = None, war
         data_cache_dir(data.data_cache),
         workers=data.data_workers,
         progress=progress,
+        should_stop=should_stop,
     )
     if warn is not None:
         for note in rows.notes + rows.train_report.warnings(data.max_length):

@@ -106,7 +106,7 @@ def _run(plan, run_dir, bus, stop, resume, faults, outcome: _Outcome) -> None:
     from llmc_cli.engine.snapshot import load_checkpoint
 
     config = plan.resolved.config
-    session = open_session(plan, run_dir, bus)
+    session = open_session(plan, run_dir, bus, should_stop=lambda: stop.requested)
     outcome.facts = session.describe()
     if config.model.optimize_memory:
         free_memory()  # what loading and tokenising left behind

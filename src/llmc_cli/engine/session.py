@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,11 @@ class Session:
         }
 
 
-def open_session(plan: RunPlan, run_dir: Path, bus: EventBus) -> Session:
-    """Build everything the run trains with; warnings (data notes, slower fallbacks) go to ``bus``."""
+def open_session(plan: RunPlan, run_dir: Path, bus: EventBus, should_stop: Callable[[], bool] | None = None) -> Session:
+    """Build everything the run trains with; warnings (data notes, slower fallbacks) go to ``bus``.
+
+    ``should_stop`` is polled while the data is prepared (a stop request ends it there).
+    """
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
@@ -164,6 +168,7 @@ def open_session(plan: RunPlan, run_dir: Path, bus: EventBus) -> Session:
         tokenizer,
         progress=lambda stage, done, total, elapsed: bus.emit(DataProgress(stage, done, total, elapsed)),
         warn=lambda note: bus.emit(TrainingWarning("data", note)),
+        should_stop=should_stop,
     )
 
     base = load_base_model(plan.source, precision, cfg.model.quantize)

@@ -192,3 +192,39 @@ def test_an_unwritable_cache_folder_is_a_configuration_error(tmp_path, tokenizer
     with pytest.raises(ConfigError, match="cannot be written") as info:
         prepare(data, tokenizer, scan(data, tmp_path / "memo"), seed=0, root=blocker / "cache")
     assert "--data-cache" in info.value.hint
+
+
+STOPPABLE = """
+import sys
+from llmc_cli.data import prepare as p
+p.PARALLEL_FROM, p.CHUNK = 1, 64
+from llmc_cli.cli.app import main
+sys.argv = ["llmc", "prepare", "--data", sys.argv[1], "--model", sys.argv[2], "--data-cache", sys.argv[3],
+            "--workers", "2", "--max-length", "256"]
+main()
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_a_parallel_preparation_cleanly(tmp_path, tiny_model_dir, gsm8k_train, signum):
+    import psutil
+
+    root = tmp_path / "cache"
+    child = subprocess.Popen(
+        [sys.executable, "-c", STOPPABLE, str(gsm8k_train), str(tiny_model_dir), str(root)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not any(p.stat().st_size > 0 for p in root.glob("*.partial-*/tokens.bin")):
+        assert child.poll() is None and time.monotonic() < deadline, "the preparation ended before the signal"
+        time.sleep(0.05)
+    workers = psutil.Process(child.pid).children(recursive=True)
+    assert len([w for w in workers if "spawn_main" in " ".join(w.cmdline())]) == 2
+    child.send_signal(signum)
+    output, _ = child.communicate(timeout=60)
+    assert child.returncode == 130, output
+    assert "Stopped while preparing the data" in output and "Traceback" not in output
+    assert not list(root.glob("*.partial-*")) and not list(root.glob("*/manifest.json"))
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, f"workers left running: {alive}"
