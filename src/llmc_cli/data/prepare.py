@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from llmc_cli.config.schema import DataSettings
@@ -105,18 +106,23 @@ def prepare(
                 _build(root, key, settings, tokenizer, scan, workers or default_workers(), progress, should_stop)
             entry = Entry.open(root, key)
             assert entry is not None
-        layout = load_or_build(entry, seed, settings.packing, settings.max_length)
+        rows = open_rows(entry, seed, settings, reused=reused)
+    return replace(rows, notes=notes + rows.notes, seconds=time.monotonic() - started)
+
+
+def open_rows(entry: Entry, seed: int, settings: DataSettings, reused: bool = True) -> Rows:
+    """The rows of an existing entry for ``seed`` and the packing setting (the layout built if missing)."""
+    layout = load_or_build(entry, seed, settings.packing, settings.max_length)
     reader = entry.reader()
     return Rows(
         train=CachedRows(reader, layout.train_offsets, layout.train_members),
         val=CachedRows(reader, layout.val_offsets, layout.val_members),
         train_report=layout.train_report,
         val_report=layout.val_report,
-        fingerprint=f"{key}/{layout.name}",
-        notes=notes + layout.notes,
+        fingerprint=f"{entry.key}/{layout.name}",
+        notes=list(layout.notes),
         cache_path=str(entry.path),
         reused=reused,
-        seconds=time.monotonic() - started,
     )
 
 

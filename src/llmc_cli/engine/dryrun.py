@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from llmc_cli.data.cache import CorruptEntry, Entry
-from llmc_cli.data.dataset import CachedRows, Rows
-from llmc_cli.data.layout import load_or_build
-from llmc_cli.data.prepare import cache_key
+from llmc_cli.data.dataset import Rows
+from llmc_cli.data.prepare import cache_key, open_rows
 from llmc_cli.durable import free_bytes
 from llmc_cli.engine.dataprep import open_tokenizer
 from llmc_cli.engine.plan import RunPlan
@@ -110,17 +109,7 @@ def _prepared_rows(plan: RunPlan) -> Rows | None:
         return None
     if entry is None:
         return None
-    layout = load_or_build(entry, cfg.training.seed, cfg.data.packing, cfg.data.max_length)
-    reader = entry.reader()
-    return Rows(
-        CachedRows(reader, layout.train_offsets, layout.train_members),
-        CachedRows(reader, layout.val_offsets, layout.val_members),
-        layout.train_report,
-        layout.val_report,
-        f"{key}/{layout.name}",
-        cache_path=str(entry.path),
-        reused=True,
-    )
+    return open_rows(entry, cfg.training.seed, cfg.data)
 
 
 def _data(plan: RunPlan, rows: Rows | None) -> dict[str, Any]:
