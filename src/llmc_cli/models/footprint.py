@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from llmc_cli.config.schema import LoraSettings
 
 
@@ -15,6 +17,7 @@ from llmc_cli.config.schema import LoraSettings
 class Footprint:
     total_params: int  # base model, shared (tied) tensors counted once
     trainable_params: int  # the LoRA adapter
+    linear_params: int = 0  # weights of the base's nn.Linear layers but the output head (what 4/8-bit shrinks)
 
 
 def footprint(model_config, lora: LoraSettings) -> Footprint:
@@ -30,7 +33,13 @@ def footprint(model_config, lora: LoraSettings) -> Footprint:
 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(model_config)
-        total = sum(p.numel() for p in model.parameters())
+    # Tied outside the context: inside it, the tie re-registers the head as a new meta parameter and
+    # the shared matrix would be counted twice.
+    model.tie_weights()
+    total = sum(p.numel() for p in model.parameters())
+    head = model.get_output_embeddings()
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
+    with init_empty_weights():
         adapted = add_lora(model, lora, gradient_checkpointing=False, quantized=False)
     trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
-    return Footprint(total, trainable)
+    return Footprint(total, trainable, linear)
