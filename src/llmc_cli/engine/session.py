@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from llmc_cli.config.schema import RunConfig
 from llmc_cli.data.dataset import Rows
-from llmc_cli.data.packing import Collator
+from llmc_cli.data.packing import Collator, Row
+from llmc_cli.data.tokenize import IGNORE
 from llmc_cli.engine.dataprep import open_tokenizer, prepare_rows
 from llmc_cli.engine.loss import TokenLoss, model_inputs
 from llmc_cli.engine.plan import RunPlan
@@ -35,6 +37,8 @@ from llmc_cli.optimize.hardware import Hardware, choose_precision, detect
 
 ACCELERATE_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
 EVAL_SHARE = 0.25  # evaluation may cost up to this share of the training compute
+CHECK_TOKENS = 256  # tokens of the first row the fast paths are checked on (see check_slice)
+CHECK_TARGETS = 32
 
 
 @dataclass
@@ -189,7 +193,8 @@ def open_session(plan: RunPlan, run_dir: Path, bus: EventBus, should_stop: Calla
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
 
     loss = TokenLoss(model)
-    sample = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in collate([rows.train[0]]).items()}
+    row = check_slice(rows.train[0])
+    sample = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in collate([row]).items()}
     attention = _check_fast_paths(accelerator, model, base, loss, sample, precision, stock_attention, bus)
     steps_per_epoch, total_steps, eval_every = plan_steps(t, len(train_loader), rows)
     # Not prepared: accelerate would step it once per process; this one steps once per update.
@@ -244,6 +249,20 @@ def _check_fast_paths(accelerator, model, base, loss, sample, precision, stock_a
                 attention = stock_attention
                 bus.emit(TrainingWarning("attention", f"Packed attention differs on this model; using {attention}."))
     return attention
+
+
+def check_slice(row: Row) -> Row:
+    """The start of ``row`` that the fast paths are checked on: ``CHECK_TOKENS`` tokens, or more until
+    it holds ``CHECK_TARGETS`` loss-carrying ones. The stock loss builds full-vocabulary logits (and
+    their float copy and log-softmax), so a whole row of a long, large-vocabulary model would cost more
+    memory than a training step; a prefix of real data checks the same code paths."""
+    labels = np.asarray(row.labels)
+    targets = np.flatnonzero(labels[1:] != IGNORE)
+    end = max(CHECK_TOKENS, int(targets[CHECK_TARGETS - 1]) + 2 if len(targets) >= CHECK_TARGETS else len(labels))
+    if end >= len(labels):
+        return row
+    positions = np.asarray(row.position_ids)[:end]
+    return Row(np.asarray(row.input_ids)[:end], labels[:end], positions, int((positions == 0).sum()))
 
 
 def plan_steps(training, batches_per_epoch: int, rows: Rows) -> tuple[int, int, int]:
