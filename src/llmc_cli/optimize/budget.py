@@ -1,0 +1,59 @@
+"""How much memory a run may plan for: free RAM (within this process's cgroup limit) or free GPU memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psutil
+
+from llmc_cli.optimize.hardware import Hardware
+from llmc_cli.optimize.memory import CPU_FRAMEWORK_BYTES
+
+GiB = 2**30
+CPU_SHARE, GPU_SHARE = 0.90, 0.90  # the rest covers the estimate's error (within 8% in benchmarks/memory.py)
+
+
+def memory_budget(setting_gib: float | None, hardware: Hardware) -> tuple[int, str]:
+    """Bytes a run may plan for, and the rule that gave them."""
+    if setting_gib is not None:
+        return int(setting_gib * GiB), "memory_budget"
+    if hardware.device == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        return int(free * GPU_SHARE), f"{GPU_SHARE:.0%} of free GPU memory"
+    available, rule = psutil.virtual_memory().available, "available RAM"
+    limit = cgroup_memory_left()
+    if limit is not None and limit < available:
+        available, rule = limit, "memory left under this cgroup's limit"
+    # The libraries the estimate counts are loaded already (planning imported them): credit them.
+    return int(available * CPU_SHARE) + CPU_FRAMEWORK_BYTES, f"{CPU_SHARE:.0%} of {rule}, libraries loaded"
+
+
+def cgroup_memory_left(proc: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes left under the memory limit of this process's cgroup (v2 or v1); None without a limit."""
+    try:
+        lines = proc.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2
+            folder, limit_file, usage_file = root / path.lstrip("/"), "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):  # v1
+            folder, limit_file, usage_file = (
+                root / "memory" / path.lstrip("/"),
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
+        else:
+            continue
+        try:
+            limit_text = (folder / limit_file).read_text().strip()
+            usage = int((folder / usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit_text == "max" or int(limit_text) >= 2**60:
+            continue
+        return max(0, int(limit_text) - usage)
+    return None
