@@ -90,9 +90,12 @@ class FineTuner:
         return self
 
     def plan(self) -> RunPlan:
-        """Resolve config, validate data and locate the model, without loading weights."""
+        """Resolve config, validate data, locate the model, estimate memory and (``optimize_memory``)
+        fit the micro-batch to it, without loading weights. A resumed run keeps its own plan."""
         if self._plan is None:
-            self._plan = plan_run(self._layers)
+            from llmc_cli.engine.fit import fit_to_machine
+
+            self._plan = fit_to_machine(plan_run(self._layers))
         return self._plan
 
     def dry_run(self) -> dict:
@@ -115,7 +118,7 @@ class FineTuner:
         """
         from llmc_cli.engine.dataprep import open_tokenizer, prepare_rows
 
-        plan = self.plan()
+        plan = self._plan or plan_run(self._layers)  # batch fitting does not change the prepared data
         tokenizer, _ = open_tokenizer(plan)
         return prepare_rows(plan, tokenizer, progress=progress, warn=warn)
 

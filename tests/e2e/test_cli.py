@@ -314,13 +314,22 @@ def test_dry_run_plans_steps_and_checkpoint_size_that_a_real_run_matches(llmc, t
     assert llmc("prepare", *args[:-12], "--max-length", "128", "--limit", "80", cwd=tmp_path).returncode == 0
     plan = json.loads(llmc("train", *args, "--dry-run", "--json", cwd=tmp_path).stdout)
     assert plan["data"]["prepared"] is True and plan["steps"]["exact"] is True
+    memory = plan["memory"]
+    assert memory["total_bytes"] == sum(memory["parts"].values()) > memory["parts"]["weights"] > 0
+    assert (memory["micro_batch"], memory["seq_len"], memory["approximate"]) == (2, 128, False)
+    why = {row["key"]: row for row in plan["why"]}
+    assert why["micro_batch"]["value"] == 2 and "fits" in why["micro_batch"]["rule"]  # the user's 2 is a ceiling
+    assert plan["config"]["batch_size"] == {"value": 2, "source": "cli"}
     text = llmc("train", *args, "--dry-run", cwd=tmp_path)
     assert "Configuration (each value and the layer that set it)" in text.stdout and "trainable" in text.stdout
+    assert "estimated peak" in text.stdout and "Why (the rule behind each chosen value" in text.stdout
     result = llmc("train", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "runs" / "run-1"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == plan["steps"]["total_steps"]
+    recorded = json.loads((run_dir / "config.json").read_text())
+    assert recorded["memory"]["total_bytes"] == memory["total_bytes"] and recorded["why"] == plan["why"]
     assert summary["trainable_params"] == plan["model"]["trainable_params"]
     checkpoint = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
     size = sum(p.stat().st_size for p in checkpoint.rglob("*") if p.is_file())

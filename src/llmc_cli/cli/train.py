@@ -37,6 +37,8 @@ def train(
     lr: Annotated[float | None, _opt("lr", "--lr")] = None,
     batch_size: Annotated[int | None, _opt("batch_size", "--batch-size")] = None,
     grad_accum: Annotated[int | None, _opt("grad_accum", "--grad-accum")] = None,
+    micro_batch: Annotated[int | None, _opt("micro_batch", "--micro-batch")] = None,
+    memory_budget: Annotated[float | None, _opt("memory_budget", "--memory-budget")] = None,
     max_length: Annotated[int | None, _opt("max_length", "--max-length")] = None,
     lora_r: Annotated[int | None, _opt("lora_r", "--lora-r")] = None,
     lora_alpha: Annotated[float | None, _opt("lora_alpha", "--lora-alpha")] = None,
@@ -153,8 +155,31 @@ def show_plan(console: Console, plan: dict, as_json: bool) -> None:
             f"{human_bytes(disk['bytes_needed'])} for up to {disk['checkpoints_kept']} checkpoints of "
             f"{human_bytes(disk['bytes_per_checkpoint'])} and the final adapter; {free} free at {disk['output']}",
         )
-    facts.add_row("memory", f"not estimated: {plan['memory']['reason']}")
+    memory = plan["memory"]
+    if memory.get("total_bytes") is None:
+        facts.add_row("memory", f"not estimated: {memory['reason']}")
+    else:
+        parts = ", ".join(f"{name} {human_bytes(size)}" for name, size in memory["parts"].items())
+        facts.add_row(
+            "memory",
+            f"{human_bytes(memory['total_bytes'])} estimated peak at micro-batch {memory['micro_batch']} x "
+            f"{memory['seq_len']} tokens, gradient checkpointing {'on' if memory['gradient_checkpointing'] else 'off'} "
+            f"({parts}); budget {human_bytes(memory['budget_bytes'])} ({memory['budget_rule']})",
+        )
+        if memory["approximate"]:
+            facts.add_row("approximate", memory["reason"])
+        for note in memory["notes"]:
+            facts.add_row("measured as", note)
+    for warning in plan["warnings"]:
+        facts.add_row("warning", warning)
     console.print(facts)
+    if plan["why"]:
+        why = Table(title="Why (the rule behind each chosen value, and the alternative)")
+        for column in ("key", "value", "rule", "alternative"):
+            why.add_column(column, overflow="fold")
+        for row in plan["why"]:
+            why.add_row(row["key"], str(row["value"]), row["rule"], row["alternative"])
+        console.print(why)
 
 
 def execute(tuner, console: Console, dashboard: bool = True) -> None:

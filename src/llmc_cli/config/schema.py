@@ -67,7 +67,15 @@ class ModelSettings(_Section):
         "on where it measures faster, compile time included.",
     )
     optimize_memory: bool = Field(
-        True, description="Free memory between phases: after loading, and before saving and merging the adapter."
+        True,
+        description="Fit the run to the memory it may use: the largest micro-batch that fits (effective batch kept), "
+        "gradient checkpointing only when needed; and free memory between phases.",
+    )
+    memory_budget: float | None = Field(
+        None,
+        gt=0,
+        description="GiB of memory a run may plan for (default: 90% of available RAM, or of free GPU memory, "
+        "within any cgroup limit).",
     )
 
     _not_yet = field_validator("compile_model")(_refuse_unavailable)
@@ -137,8 +145,15 @@ class TrainingSettings(_Section):
     epochs: float = Field(3.0, gt=0, le=1000, description="Passes over the training data.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     lr: float = Field(2e-4, gt=0, le=10.0, description="Peak learning rate (AdamW).")
-    batch_size: int = Field(4, ge=1, le=4096, description="Sequences per micro-batch.")
-    grad_accum: int = Field(4, ge=1, le=4096, description="Micro-batches per optimizer step.")
+    batch_size: int = Field(4, ge=1, le=4096, description="Sequences per batch (the loader's).")
+    grad_accum: int = Field(4, ge=1, le=4096, description="Batches per optimizer step (accumulated).")
+    micro_batch: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Most rows per forward pass: each batch is cut into micro-batches this large (default: "
+        "batch_size). With optimize_memory it is chosen to fit memory; the rows of each step stay the same.",
+    )
     warmup_ratio: float = Field(0.03, ge=0.0, le=0.5, description="Fraction of steps spent warming up.")
     scheduler: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="Learning-rate decay after warmup."

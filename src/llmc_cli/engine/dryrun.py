@@ -32,7 +32,8 @@ ADAPTER_BYTES_PER_PARAM = 4
 
 
 def dry_run(plan: RunPlan) -> dict[str, Any]:
-    """The plan as a JSON-ready dict: config, data, model, hardware, steps and disk."""
+    """The plan as a JSON-ready dict: config, data, model, hardware, steps, disk, memory (the estimate's
+    parts and ``total_bytes``, with the budget) and ``why`` (the rule behind each fitted value)."""
     cfg = plan.resolved.config
     hardware = detect()
     precision, precision_reason = choose_precision(cfg.model.precision, cfg.model.enable_mixed_precision, hardware)
@@ -60,7 +61,9 @@ def dry_run(plan: RunPlan) -> dict[str, Any]:
             per_checkpoint * kept + trainable * ADAPTER_BYTES_PER_PARAM + _tokenizer_bytes(plan) if trainable else None
         ),
     }
-    report["memory"] = {"estimate": None, "reason": "the memory estimator is not built yet (issue 15)"}
+    report["memory"] = plan.memory or {"estimate": None, "reason": "not estimated"}
+    report["why"] = plan.why
+    report["warnings"] = plan.warnings
     return report
 
 
@@ -83,14 +86,19 @@ def _model(plan: RunPlan) -> dict[str, Any]:
         return facts
     config = load_config(source.location)
     check_causal(config, source.location)
-    counted = footprint(config, plan.resolved.config.lora)
+    memory = plan.memory or {}
+    if "trainable_params" in memory:  # counted already when the plan was fitted (engine/fit.py)
+        total, trainable = memory["total_params"], memory["trainable_params"]
+    else:
+        counted = footprint(config, plan.resolved.config.lora)
+        total, trainable = counted.total_params, counted.trainable_params
     facts.update(
         model_type=getattr(config, "model_type", None),
         layers=getattr(config, "num_hidden_layers", None),
         hidden_size=getattr(config, "hidden_size", None),
         vocab_size=getattr(config, "vocab_size", None),
-        total_params=counted.total_params,
-        trainable_params=counted.trainable_params,
+        total_params=total,
+        trainable_params=trainable,
     )
     return facts
 

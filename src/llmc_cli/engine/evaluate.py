@@ -8,7 +8,7 @@ import time
 import torch
 
 from llmc_cli.engine.loss import target_count
-from llmc_cli.engine.recovery import Recovery, recoverable, split_batch
+from llmc_cli.engine.recovery import Recovery, recoverable
 from llmc_cli.engine.session import Session
 from llmc_cli.events import EvalEnded, EventBus
 from llmc_cli.faults import Faults
@@ -72,7 +72,7 @@ class Evaluator:
         targets = torch.zeros((), device=s.accelerator.device, dtype=torch.long)
         self.faults.in_eval(step)
         for batch in s.eval_loader:
-            for part in split_batch(batch, self.recovery.state.eval_parts()):
+            for part in self.recovery.cut(batch, evaluating=True):
                 loss_sum += s.loss(s.model, part).double()
                 targets += target_count(part)
         return loss_sum, targets

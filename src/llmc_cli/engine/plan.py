@@ -28,6 +28,13 @@ class RunPlan:
     source: ModelSource
     data: DataScan
     notes: list[str] = field(default_factory=list)
+    why: list[dict[str, Any]] = field(default_factory=list)  # the rules behind fitted values (engine/fit.py)
+    memory: dict[str, Any] | None = None  # the memory estimate and budget (engine/fit.py)
+    warnings: list[str] = field(default_factory=list)  # what the run should say when it starts
+
+    def record(self) -> dict[str, Any]:
+        """``config.json``: the resolved config with each value's source, the why table and the estimate."""
+        return {**self.resolved.to_json(), "why": self.why, "memory": self.memory}
 
 
 def demo_layer() -> Layer:

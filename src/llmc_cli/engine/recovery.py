@@ -136,19 +136,29 @@ class MemoryPlan:
 class Recovery:
     """Decides, counts and reports; the loop carries the decisions out."""
 
-    def __init__(self, budget: Budget, journal: Journal, batch_size: int, grad_accum: int) -> None:
+    def __init__(
+        self, budget: Budget, journal: Journal, batch_size: int, grad_accum: int, micro_batch: int | None = None
+    ) -> None:
         self.budget = budget
         self.journal = journal
         self.batch_size = batch_size
         self.grad_accum = grad_accum
+        self.micro = min(micro_batch or batch_size, batch_size)  # rows per forward before any split
         self.state = RecoveryState()
+
+    def cut(self, batch: dict[str, Any], evaluating: bool = False) -> list[dict[str, Any]]:
+        """The micro-batches a loader batch runs as: pieces of at most ``micro_batch`` rows, each cut
+        into as many parts as out-of-memory recovery has split it."""
+        parts = self.state.eval_parts() if evaluating else self.state.split
+        return [part for piece in split_rows(batch, self.micro) for part in split_batch(piece, parts)]
 
     # ------------------------------------------------------------ settings
     def settings(self, gradient_checkpointing: bool) -> dict[str, Any]:
         split = self.state.split
+        pieces = -(-self.batch_size // self.micro)
         return {
-            "micro_batch": -(-self.batch_size // split),
-            "grad_accum": self.grad_accum * split,
+            "micro_batch": -(-self.micro // split),
+            "grad_accum": self.grad_accum * pieces * split,
             "effective_batch": self.batch_size * self.grad_accum,
             "gradient_checkpointing": gradient_checkpointing,
         }
@@ -158,6 +168,7 @@ class Recovery:
         """A bigger split and/or gradient checkpointing to retry with; raises OutOfMemory past the budget."""
         where = "evaluation" if evaluating else "training step"
         s = self.state
+        rows = min(rows, self.micro)
         current = s.eval_parts() if evaluating else s.split
         can_split = -(-rows // current) > 1
         if (
@@ -288,7 +299,14 @@ def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
     rows = batch["input_ids"].shape[0]
     if parts <= 1 or rows <= 1:
         return [batch]
-    size = -(-rows // parts)
+    return split_rows(batch, -(-rows // parts))
+
+
+def split_rows(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
+    """Cut a collated batch into pieces of ``size`` rows (the last may be smaller)."""
+    rows = batch["input_ids"].shape[0]
+    if rows <= size:
+        return [batch]
     pieces = []
     for start in range(0, rows, size):
         piece = {

@@ -108,6 +108,9 @@ def _run(plan, run_dir, bus, stop, resume, faults, outcome: _Outcome) -> None:
     config = plan.resolved.config
     session = open_session(plan, run_dir, bus, should_stop=lambda: stop.requested)
     outcome.facts = session.describe()
+    if resume is None:
+        for warning in plan.warnings:
+            bus.emit(TrainingWarning("memory", warning))
     if config.model.optimize_memory:
         free_memory()  # what loading and tokenising left behind
     bus.emit(session.started_event())

@@ -73,5 +73,5 @@ def start_run(plan: RunPlan) -> Path:
     run = plan.resolved.config.run
     run_dir = create_run_dir(run.output, run.run_name)
     with disk_errors("the run's config.json", run_dir):
-        write_json(run_dir / "config.json", plan.resolved.to_json())
+        write_json(run_dir / "config.json", plan.record())
     return run_dir

@@ -40,7 +40,7 @@ class RunState:
         budget = Budget(
             run.auto_recovery, run.max_oom_retries, run.max_rollbacks, run.nan_tolerance, run.max_skipped_batches
         )
-        self.recovery = Recovery(budget, self.journal, training.batch_size, training.grad_accum)
+        self.recovery = Recovery(budget, self.journal, training.batch_size, training.grad_accum, training.micro_batch)
 
     @property
     def step(self) -> int:

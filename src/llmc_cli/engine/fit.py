@@ -1,0 +1,111 @@
+"""Fit a new run's plan to this machine: estimate its memory, and with ``OPTIMIZE_MEMORY`` choose the
+micro-batch and gradient checkpointing (effective batch kept). Reads the model's config only.
+
+The chosen values become the top configuration layer, ``optimize_memory``, so ``config.json``
+names it as their source; the rules behind them (and the alternatives) go into the plan's
+``why`` rows and ``config.json``. A resumed run keeps its own ``config.json`` and is never refitted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from llmc_cli.config.layers import ResolvedConfig
+from llmc_cli.engine.plan import RunPlan
+from llmc_cli.models.loading import BILLION
+from llmc_cli.optimize.batch import Choice, fit_batch
+from llmc_cli.optimize.budget import GiB, memory_budget
+from llmc_cli.optimize.hardware import Hardware, choose_precision, detect
+from llmc_cli.optimize.memory import MemoryModel, model_facts
+
+LAYER = "optimize_memory"
+
+
+def fit_to_machine(plan: RunPlan, hardware: Hardware | None = None) -> RunPlan:
+    """The plan with its memory estimate and, when ``optimize_memory`` is on, a fitted micro-batch."""
+    from llmc_cli.models.kind import check_causal, load_config
+
+    cfg = plan.resolved.config
+    if not plan.source.local:
+        return replace(plan, memory={"estimate": None, "reason": "the model is not downloaded yet"})
+    model_config = load_config(plan.source.location)
+    check_causal(model_config, plan.source.location)
+    hardware = hardware or detect()
+    precision, precision_why = choose_precision(cfg.model.precision, cfg.model.enable_mixed_precision, hardware)
+    facts = model_facts(model_config, cfg.lora)
+    memory = MemoryModel(
+        model_config,
+        facts,
+        cfg.lora,
+        device="cuda" if hardware.device == "cuda" else "cpu",
+        precision=precision,
+        quantize=cfg.model.quantize,
+        seq_len=cfg.data.max_length,
+    )
+    budget, budget_rule = memory_budget(cfg.model.memory_budget, hardware)
+    why = [Choice("precision", precision, precision_why)]
+    t, setting = cfg.training, cfg.model.enable_gradient_checkpointing
+    resolved, warnings = plan.resolved, list(plan.warnings)
+    if cfg.model.optimize_memory:
+        effective = t.batch_size * t.grad_accum
+        configured = min(t.micro_batch or t.batch_size, t.batch_size)
+        user_set = _set_by_user(plan.resolved, "batch_size") or _set_by_user(plan.resolved, "micro_batch")
+        # A micro-batch the user set is a ceiling; so is the configured one on CPU (see optimize/batch.py).
+        ceiling = configured if user_set or hardware.device != "cuda" else effective
+        fit = fit_batch(memory, budget, budget_rule, effective=effective, ceiling=ceiling, checkpointing=setting)
+        values, row = _micro_batch_values(fit.micro_batch, t.batch_size, effective)
+        if setting == "auto":
+            values["enable_gradient_checkpointing"] = fit.gradient_checkpointing
+        resolved = _with_layer(plan.resolved, values)
+        why += fit.choices + ([row] if row else [])
+        estimate = fit.estimate
+        if fit.warning:
+            warnings.append(fit.warning)
+    else:
+        checkpointing = facts.total_params >= BILLION if setting == "auto" else bool(setting)
+        micro = min(t.micro_batch or t.batch_size, t.batch_size)
+        estimate = memory.estimate(micro, checkpointing)
+        why.append(Choice("micro_batch", micro, "OPTIMIZE_MEMORY is off: as configured"))
+        if estimate.total_bytes > budget:
+            warnings.append(
+                f"The estimated peak, {estimate.total_bytes / GiB:.1f} GiB, is over the budget of "
+                f"{budget / GiB:.1f} GiB ({budget_rule}); out-of-memory recovery will shrink the micro-batch."
+            )
+    report = {
+        **estimate.to_dict(),
+        "budget_bytes": budget,
+        "budget_rule": budget_rule,
+        "total_params": facts.total_params,
+        "trainable_params": facts.trainable_params,
+    }
+    return replace(plan, resolved=resolved, why=[c.to_dict() for c in why], memory=report, warnings=warnings)
+
+
+def _micro_batch_values(micro: int, batch_size: int, effective: int) -> tuple[dict[str, Any], Choice | None]:
+    """Config values for a fitted micro-batch: up to the loader's batch only ``micro_batch`` changes
+    (each batch is cut into pieces); above it, the whole effective batch is loaded at once."""
+    if micro <= batch_size:
+        return {"micro_batch": micro if micro < batch_size else None}, None
+    row = Choice(
+        "batch_size",
+        effective,
+        f"effective batch {effective} kept: loaded at once, {-(-effective // micro)} micro-batch(es) a step "
+        "(the same rows in the same order)",
+    )
+    return {"batch_size": effective, "grad_accum": 1, "micro_batch": micro}, row
+
+
+def _set_by_user(resolved: ResolvedConfig, key: str) -> bool:
+    source = resolved.sources.get(key, "default")
+    return source != "default" and not source.startswith("preset:")
+
+
+def _with_layer(resolved: ResolvedConfig, values: dict[str, Any]) -> ResolvedConfig:
+    """``resolved`` with ``values`` on top, sourced to this layer where they change something."""
+    current = resolved.config.flat()
+    changed = {k: v for k, v in values.items() if current.get(k) != v}
+    if not changed:
+        return resolved
+    sources = {**resolved.sources, **{k: LAYER for k in changed}}
+    return ResolvedConfig(resolved.config.with_updates(**changed), sources)
