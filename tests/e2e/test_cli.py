@@ -301,6 +301,12 @@ def test_doctor_reports_the_machine_and_its_implications_as_text_and_json(llmc, 
     topics = {item["topic"]: item for item in payload["advice"]}
     assert topics["precision"]["answer"] in ("bf16", "fp16", "fp32") and topics["precision"]["why"]
     assert not payload["machine"]["gpus"] or topics["QLoRA (--quantize 4bit)"]["answer"]
+    families = payload["families"]  # every family x preset against this machine's budget
+    assert families["budget_bytes"] > 0 and len(families["fits"]) == 12
+    largest = topics["largest family and preset that fit"]["answer"]
+    fitting = [f for f in families["fits"] if f["fits"]]
+    assert (largest == "none of the families") if not fitting else largest.startswith(fitting[-1]["family"])
+    assert "Which model fits" in text.stdout and "tinyllama 1.1B" in text.stdout
 
 
 def test_dry_run_plans_steps_and_checkpoint_size_that_a_real_run_matches(llmc, tmp_path, tiny_model_dir):

@@ -28,15 +28,16 @@ def doctor(
 
       llmc doctor --json
     """
-    from llmc_cli.optimize.machine import advise, probe
+    from llmc_cli.optimize.machine import advise, family_report, probe
     from llmc_cli.paths import data_cache_dir
 
     console = Console()
     with console.status("Probing the machine..."):
         machine = probe([output, data_cache_dir(data_cache)])
         advice = advise(machine)
+        report = family_report(machine, advice[0].answer)  # advice[0]: the precision training would use
     if as_json:
-        payload = {"machine": machine.to_dict(), "advice": [vars(a) for a in advice]}
+        payload = {"machine": machine.to_dict(), "advice": [vars(a) for a in advice], "families": report.to_dict()}
         print(json.dumps(payload, indent=2))
         return
     facts = Table(title="This machine", show_header=False)
@@ -66,3 +67,37 @@ def doctor(
     for item in advice:
         implied.add_row(item.topic, item.answer, item.why)
     console.print(implied)
+    console.print(families_table(report))
+
+
+def families_table(report) -> Table:
+    """Family x preset: the micro-batch that fits and the estimated peak, or what it would need."""
+    from llmc_cli.config.families import FAMILIES
+    from llmc_cli.config.schema import PRESET_NAMES
+
+    table = Table(
+        title=f"Which model fits: estimated peak in {report.precision}, at each preset's max_length, against "
+        f"{report.budget_bytes / 2**30:.1f} GiB ({report.budget_rule})"
+    )
+    table.add_column("family")
+    for preset in PRESET_NAMES:
+        table.add_column(preset, overflow="fold")
+    quantized = {(f.family, f.preset): f for f in report.fits_4bit}
+    for family in dict.fromkeys(fit.family for fit in report.fits):
+        cells = []
+        for fit in (f for f in report.fits if f.family == family):
+            if fit.fits:
+                checkpointed = " + checkpointing" if fit.gradient_checkpointing else ""
+                cells.append(f"[green]micro-batch {fit.micro_batch}{checkpointed}[/], {_gib(fit.total_bytes)}")
+                continue
+            cell = f"[red]does not fit[/]: needs {_gib(fit.total_bytes)}"
+            q = quantized.get((family, fit.preset))
+            if q is not None and q.fits:
+                cell += f"; 4-bit: micro-batch {q.micro_batch}, {_gib(q.total_bytes)}"
+            cells.append(cell)
+        table.add_row(f"{family} {FAMILIES[family].billions:g}B", *cells)
+    return table
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB"

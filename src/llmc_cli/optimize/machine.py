@@ -20,7 +20,6 @@ from llmc_cli.durable import free_bytes
 from llmc_cli.optimize.hardware import CPU_BF16_FLAGS, Hardware, choose_precision, pick_family
 
 FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve")
-BYTES_PER_PARAM = {"bf16": 2, "fp16": 2, "fp32": 4, "4bit": 0.5}
 
 
 @dataclass(frozen=True)
@@ -187,25 +186,60 @@ def advise(machine: Machine) -> list[Advice]:
         advice.append(Advice("QLoRA (--quantize 4bit)", "not possible here", why))
     family, family_why = pick_family(hardware)
     advice.append(Advice("--model auto", f"{family} ({FAMILIES[family].hub_id})", family_why))
-    budget, where = (
-        (machine.gpus[0].memory_free_bytes or machine.gpus[0].memory_total_bytes, "free GPU memory")
-        if machine.gpus
-        else (machine.ram_available_bytes, "available RAM")
-    )
-    for fam in sorted((f for f in FAMILIES.values() if f.billions), key=lambda f: f.billions):
-        weights = fam.billions * 1e9 * BYTES_PER_PARAM[precision]
-        share = weights / budget if budget else float("inf")
-        answer = f"weights {weights / 2**30:.1f} GiB in {precision} = {share:.0%} of {where}"
-        if share > 1:
-            answer += ": does not fit"
-        if machine.gpus:
-            q4 = fam.billions * 1e9 * BYTES_PER_PARAM["4bit"]
-            answer += f"; {q4 / 2**30:.1f} GiB in 4-bit"
-        advice.append(Advice(f"{fam.name} {fam.billions:g}B", answer, "weights only; activations and batch add to it"))
+    advice += family_advice(machine, precision)
     for (path, free), use in zip(machine.disk_free_bytes.items(), DISK_USES, strict=False):
         answer = f"{free / 2**30:.1f} GiB free" if free is not None else "unknown"
         advice.append(Advice(f"disk at {path}", answer, use))
     return advice
+
+
+@dataclass(frozen=True)
+class FamilyReport:
+    """Each family's presets against this machine's memory budget (``llmc doctor``'s table)."""
+
+    precision: str
+    budget_bytes: int
+    budget_rule: str
+    fits: list[Any]  # FamilyFit, smallest family first, fastest preset first
+    fits_4bit: list[Any]  # the same with 4-bit weights (QLoRA), where it is possible here
+
+    def largest(self) -> Any | None:
+        """The largest family, then the most thorough preset, that fits (the fits' order)."""
+        return next((fit for fit in reversed(self.fits) if fit.fits), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def family_report(machine: Machine, precision: str) -> FamilyReport:
+    from llmc_cli.optimize.budget import memory_budget
+    from llmc_cli.optimize.families import family_fits
+
+    hardware = machine.hardware()
+    budget, rule = memory_budget(None, hardware)
+    fits = family_fits(hardware.device, precision, budget, rule)
+    qlora = bool(machine.gpus and machine.bitsandbytes)
+    fits_4bit = family_fits(hardware.device, precision, budget, rule, quantize="4bit") if qlora else []
+    return FamilyReport(precision, budget, rule, fits, fits_4bit)
+
+
+def family_advice(machine: Machine, precision: str) -> list[Advice]:
+    report = family_report(machine, precision)
+    best = report.largest()
+    if best is not None:
+        answer = f"{best.family} with --preset {best.preset} (micro-batch {best.micro_batch})"
+        why = (
+            f"the largest model, then the most thorough preset, whose estimated peak fits "
+            f"{_gib(report.budget_bytes)} ({report.budget_rule})"
+        )
+    else:
+        answer = "none of the families"
+        why = f"even one sequence needs more than {_gib(report.budget_bytes)}; try a smaller local model"
+    return [Advice("largest family and preset that fit", answer, why)]
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB"
 
 
 DISK_USES = ("runs: checkpoints and the final adapter", "prepared data: about 3 bytes per token")
