@@ -335,7 +335,9 @@ def test_dry_run_plans_steps_and_checkpoint_size_that_a_real_run_matches(llmc, t
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == plan["steps"]["total_steps"]
     recorded = json.loads((run_dir / "config.json").read_text())
-    assert recorded["memory"]["total_bytes"] == memory["total_bytes"] and recorded["why"] == plan["why"]
+    assert recorded["memory"]["total_bytes"] == memory["total_bytes"]
+    # the same choices; the budget in the rule follows the RAM free at that moment
+    assert [(r["key"], r["value"]) for r in recorded["why"]] == [(r["key"], r["value"]) for r in plan["why"]]
     assert summary["trainable_params"] == plan["model"]["trainable_params"]
     checkpoint = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
     size = sum(p.stat().st_size for p in checkpoint.rglob("*") if p.is_file())

@@ -13,21 +13,35 @@ GiB = 2**30
 CPU_SHARE, GPU_SHARE = 0.90, 0.90  # the rest covers the estimate's error (within 8% in benchmarks/memory.py)
 
 
-def memory_budget(setting_gib: float | None, hardware: Hardware) -> tuple[int, str]:
-    """Bytes a run may plan for, and the rule that gave them."""
+def memory_budget(setting_gib: float | None, hardware: Hardware, free_bytes: int | None = None) -> tuple[int, str]:
+    """Bytes a run may plan for, and the rule that gave them.
+
+    ``free_bytes`` is free memory already probed (``llmc doctor``'s probe, which also applies the
+    cgroup limit); without it this process's device is measured now.
+    """
     if setting_gib is not None:
         return int(setting_gib * GiB), "memory_budget"
     if hardware.device == "cuda":
-        import torch
+        if free_bytes is None:
+            import torch
 
-        free, _ = torch.cuda.mem_get_info()
-        return int(free * GPU_SHARE), f"{GPU_SHARE:.0%} of free GPU memory"
+            free_bytes, _ = torch.cuda.mem_get_info()
+        return int(free_bytes * GPU_SHARE), f"{GPU_SHARE:.0%} of free GPU memory"
+    if free_bytes is not None:
+        available, rule = free_bytes, "available RAM"
+    else:
+        available, rule = available_ram()
+    # The libraries the estimate counts are loaded already (planning imported them): credit them.
+    return int(available * CPU_SHARE) + CPU_FRAMEWORK_BYTES, f"{CPU_SHARE:.0%} of {rule}, libraries loaded"
+
+
+def available_ram() -> tuple[int, str]:
+    """Bytes of RAM this process can still use (the cgroup's limit where it is lower), and which rule."""
     available, rule = psutil.virtual_memory().available, "available RAM"
     limit = cgroup_memory_left()
     if limit is not None and limit < available:
         available, rule = limit, "memory left under this cgroup's limit"
-    # The libraries the estimate counts are loaded already (planning imported them): credit them.
-    return int(available * CPU_SHARE) + CPU_FRAMEWORK_BYTES, f"{CPU_SHARE:.0%} of {rule}, libraries loaded"
+    return available, rule
 
 
 def cgroup_memory_left(proc: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int | None:

@@ -88,7 +88,12 @@ def probe(paths: list[Path], cpuinfo: Path = Path("/proc/cpuinfo")) -> Machine:
 
     notes: list[str] = []
     model, flags = read_cpuinfo(cpuinfo)
+    from llmc_cli.optimize.budget import available_ram
+
     memory = psutil.virtual_memory()
+    available, rule = available_ram()
+    if rule != "available RAM":
+        notes.append(f"Available RAM is the {rule} ({available / 2**30:.1f} GiB).")
     gpus = _gpus(notes)
     return Machine(
         cpu_model=model,
@@ -96,7 +101,7 @@ def probe(paths: list[Path], cpuinfo: Path = Path("/proc/cpuinfo")) -> Machine:
         cpu_logical=os.cpu_count() or 1,
         cpu_flags={flag: flag in flags for flag in FLAGS_OF_INTEREST if flags},
         ram_total_bytes=memory.total,
-        ram_available_bytes=memory.available,
+        ram_available_bytes=available,
         gpus=gpus,
         disk_free_bytes={str(path): free_bytes(Path(path).expanduser()) for path in paths},
         python=platform.python_version(),
@@ -216,7 +221,12 @@ def family_report(machine: Machine, precision: str) -> FamilyReport:
     from llmc_cli.optimize.families import family_fits
 
     hardware = machine.hardware()
-    budget, rule = memory_budget(None, hardware)
+    if machine.gpus:
+        gpu = machine.gpus[0]
+        free = gpu.memory_free_bytes if gpu.memory_free_bytes is not None else gpu.memory_total_bytes
+    else:
+        free = machine.ram_available_bytes
+    budget, rule = memory_budget(None, hardware, free)
     fits = family_fits(hardware.device, precision, budget, rule)
     qlora = bool(machine.gpus and machine.bitsandbytes)
     fits_4bit = family_fits(hardware.device, precision, budget, rule, quantize="4bit") if qlora else []
