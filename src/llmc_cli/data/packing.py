@@ -100,18 +100,31 @@ def _join(items: list[Encoded]) -> Row:
 
 
 class Collator:
-    """Pad rows to the longest in the batch.
+    """Pad rows to the longest in the batch, rounded up to a multiple of ``multiple`` (never past
+    ``limit``, the configured max_length, where the longest row is within it).
 
     Packed batches get ``position_ids`` (padding forms its own segment starting at 0) and
     no attention mask; unpacked batches get a 2-D attention mask.
+
+    Why round: every new batch width is a new shape for oneDNN, which builds and caches kernels
+    per shape, and its buffers left between freed activations keep glibc's heap from reusing
+    them. In bf16 on a CPU (mini model, 40 steps of widths 150-512) peak RSS grew without end,
+    1015 -> 2453 MB, of which malloc_trim gave back 700 MB; with widths rounded to 64 it stopped at
+    1449 MB (the fp32 run's plateau was 1452 MB), and steps took 0.82 s instead of 0.85 s.
     """
 
-    def __init__(self, pad_id: int, packed: bool) -> None:
+    def __init__(self, pad_id: int, packed: bool, multiple: int = 1, limit: int | None = None) -> None:
         self.pad_id = pad_id
         self.packed = packed
+        self.multiple = max(1, multiple)
+        self.limit = limit
+
+    def width(self, longest: int) -> int:
+        rounded = -(-longest // self.multiple) * self.multiple
+        return rounded if self.limit is None else max(longest, min(rounded, self.limit))
 
     def __call__(self, rows: list[Row]) -> dict:
-        width = max(len(row.input_ids) for row in rows)
+        width = self.width(max(len(row.input_ids) for row in rows))
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         labels = np.full((len(rows), width), IGNORE, dtype=np.int64)
         positions = np.tile(np.arange(width, dtype=np.int64), (len(rows), 1))

@@ -26,6 +26,7 @@ from llmc_cli.data.tokenize import IGNORE
 MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask")
 CHUNK_BYTES = 64 * 2**20  # fp32 logits per chunk: ~512 rows of a 32k vocabulary, where the
 # head's matmuls reach most of the CPU's peak (131-row chunks ran 26 % slower end to end)
+ROW_MULTIPLE = 64  # rows of every head matmul: few distinct shapes (see _chunked_cross_entropy)
 
 
 def target_count(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -55,31 +56,42 @@ def _chunked_cross_entropy(hidden, weight, bias, targets, chunk_rows, want_grad)
     The two vocabulary-wide buffers (logits, log-probabilities) are allocated once per call
     and reused by every chunk: chunks that large are mapped fresh by the C allocator on each
     allocation, and the page faults would cost more than the large matmuls save.
+
+    Every chunk's matmuls run on a multiple of ``ROW_MULTIPLE`` rows (the last chunk padded with
+    zero rows, whose results are dropped). The number of target tokens differs in every batch,
+    and oneDNN (bf16 on a CPU) builds and caches kernels, with a copy of the head's weights, for
+    every new shape: unpadded, a bf16 run's RSS grew by about 100 MB a step without end.
     """
     rows_total, vocab = hidden.shape[0], weight.shape[0]
-    rows = max(1, min(chunk_rows, rows_total))
+    rows = _round_up(max(1, min(chunk_rows, rows_total)), ROW_MULTIPLE)
     logits = torch.empty((rows, vocab), dtype=weight.dtype, device=hidden.device)
     log_probs = torch.empty((rows, vocab), dtype=torch.float32, device=hidden.device)
     loss = torch.zeros((), device=hidden.device, dtype=torch.float32)
     grad = torch.empty_like(hidden) if want_grad else None
+    grad_rows = torch.empty((rows, hidden.shape[1]), dtype=weight.dtype, device=hidden.device) if want_grad else None
     for start in range(0, rows_total, rows):
         chunk = hidden[start : start + rows].to(weight.dtype)
         picked = targets[start : start + rows]
         n = chunk.shape[0]
-        chunk_logits = torch.mm(chunk, weight.t(), out=logits[:n])
+        padded = min(rows, _round_up(n, ROW_MULTIPLE))
+        if padded > n:
+            chunk = torch.cat([chunk, chunk.new_zeros((padded - n, chunk.shape[1]))])
+        chunk_logits = torch.mm(chunk, weight.t(), out=logits[:padded])
         if bias is not None:
             chunk_logits.add_(bias)
-        chunk_log_probs = torch.log_softmax(chunk_logits, dim=-1, dtype=torch.float32, out=log_probs[:n])
-        loss -= chunk_log_probs.gather(1, picked[:, None]).sum()
+        chunk_log_probs = torch.log_softmax(chunk_logits, dim=-1, dtype=torch.float32, out=log_probs[:padded])
+        loss -= chunk_log_probs[:n].gather(1, picked[:, None]).sum()
         if grad is not None:
             probs = chunk_log_probs.exp_()  # softmax minus one-hot = d(loss)/d(logits)
             probs[torch.arange(n, device=probs.device), picked] -= 1.0
             probs = probs.to(weight.dtype)
-            if grad.dtype == weight.dtype:
-                torch.mm(probs, weight, out=grad[start : start + n])
-            else:
-                grad[start : start + n] = probs @ weight
+            torch.mm(probs, weight, out=grad_rows[:padded])
+            grad[start : start + n] = grad_rows[:n]
     return loss, grad
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

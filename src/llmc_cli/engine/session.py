@@ -35,6 +35,7 @@ from llmc_cli.optimize.attention import matches_stock_attention, use_packed_atte
 from llmc_cli.optimize.dropout import use_fast_lora_dropout
 from llmc_cli.optimize.hardware import Hardware, choose_precision, detect
 
+CPU_WIDTH_MULTIPLE = 64  # batch widths rounded up to this in bf16/fp16 on a CPU
 ACCELERATE_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
 EVAL_SHARE = 0.25  # evaluation may cost up to this share of the training compute
 CHECK_TOKENS = 256  # tokens of the first row the fast paths are checked on (see check_slice)
@@ -185,7 +186,9 @@ def open_session(plan: RunPlan, run_dir: Path, bus: EventBus, should_stop: Calla
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
 
-    collate = Collator(tokenizer.pad_token_id, packed=cfg.data.packing)
+    # Half precision on a CPU runs on oneDNN: few distinct batch widths keep its memory bounded (data/packing.py).
+    multiple = CPU_WIDTH_MULTIPLE if on_cpu and precision != "fp32" else 1
+    collate = Collator(tokenizer.pad_token_id, packed=cfg.data.packing, multiple=multiple, limit=cfg.data.max_length)
     t = cfg.training
     generator = torch.Generator().manual_seed(t.seed)
     train_loader = DataLoader(rows.train, t.batch_size, shuffle=True, collate_fn=collate, generator=generator)

@@ -100,3 +100,24 @@ def test_length_percentiles_and_a_max_length_suggestion_when_many_examples_are_c
     assert suggest_max_length(65) == 128 and suggest_max_length(64) == 64 and suggest_max_length(3) == 64
     _, fine = encode(tokenizer, [QA] * 10, 512)
     assert not [n for n in fine.warnings(512) if "would keep" in n]
+
+
+def test_batch_width_rounds_up_to_the_multiple_within_max_length_and_changes_no_logit(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from llmc_cli.data.packing import Row
+
+    def row(n):
+        return Row(list(range(1, n + 1)), [IGNORE] + list(range(2, n + 1)), list(range(n)), 1)
+
+    rounded = Collator(pad_id=0, packed=False, multiple=64, limit=200)
+    assert [rounded.width(n) for n in (1, 64, 65, 190, 195, 250)] == [64, 64, 128, 192, 200, 250]
+    plain, batch = Collator(pad_id=0, packed=False)([row(70), row(9)]), rounded([row(70), row(9)])
+    assert batch["input_ids"].shape == (2, 128) and plain["input_ids"].shape == (2, 70)
+    assert batch["n_tokens"] == plain["n_tokens"] == 79 and batch["labels"][:, 70:].eq(IGNORE).all()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        a = model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits
+        b = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :70]
+    torch.testing.assert_close(a[0], b[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a[1, :9], b[1, :9], rtol=1e-4, atol=1e-4)

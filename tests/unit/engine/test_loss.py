@@ -91,3 +91,27 @@ def test_verify_falls_back_when_the_model_rescales_its_logits():
     assert not loss.verify(model, _batch(), rtol=1e-4)
     assert "differs from full logits" in loss.reason
     assert torch.allclose(loss(model, _batch()), plain_summed_loss(model, _batch()))
+
+
+def test_the_head_matmuls_see_few_shapes_whatever_the_target_count():
+    """Every batch has its own target count; oneDNN caches kernels per shape (bf16 on a CPU grew
+    ~100 MB a step with one shape per batch), so the head's matmuls run on multiples of 64 rows."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class MatmulRows(TorchDispatchMode):
+        rows: set[int] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.mm.out) and args[1].shape[0] in (32, 300):
+                self.rows.add(args[0].shape[0])  # (rows, hidden) x (hidden, vocab) or (rows, vocab) x (vocab, hidden)
+            return func(*args, **(kwargs or {}))
+
+    model = _model()
+    fused = TokenLoss(model)
+    with MatmulRows() as seen:
+        for prompt in (3, 11, 17, 29):  # 3 x (40 - prompt) targets, minus padding
+            batch = _batch()
+            batch["labels"][:, :prompt] = IGNORE
+            fused(model, batch).backward()
+    head_rows = {rows for rows in seen.rows if rows != 3 * 40}  # the model's own (batch x length) matmuls
+    assert head_rows == {64, 128}, seen.rows
