@@ -28,6 +28,7 @@ from llmc_cli.engine.summary import FitResult, build_summary
 from llmc_cli.errors import DiskFull, LlmcError, RunInterrupted, UnexpectedFailure
 from llmc_cli.events import EventBus, RunEnded, RunResumed, TrainingWarning
 from llmc_cli.faults import NO_FAULTS, Faults
+from llmc_cli.models.optional import skip_unused_bitsandbytes
 
 
 @dataclass
@@ -58,6 +59,7 @@ def train(
             RunInterrupted after SIGINT/SIGTERM (a checkpoint saved; ``llmc resume`` continues).
     """
     started = time.perf_counter()
+    skip_unused_bitsandbytes(plan.resolved.config.model.quantize)  # a resume does not pass fit_to_machine
     record = JsonlRecorder(run_dir)
     bus.subscribe(record)
     bus.start()
