@@ -30,8 +30,8 @@ def test_a_budget_shrinks_the_micro_batch_and_keeps_the_rows_of_every_step(tmp_p
     config = load_config(str(tiny_model_dir))
     model = MemoryModel(config, model_facts(config, cfg.lora), cfg.lora, device="cpu", precision=precision,
                         quantize="none", seq_len=128)  # fmt: skip
-    two, three = model.estimate(2, False).total_bytes, model.estimate(3, False).total_bytes
-    assert two < three and memory["total_bytes"] == model.estimate(4, False).total_bytes
+    two, three = model.estimate(2, False, 8).total_bytes, model.estimate(3, False, 8).total_bytes  # 8 rows a step
+    assert two < three and memory["total_bytes"] == model.estimate(4, False, 8).total_bytes
     budget = (two + three) / 2 / GiB
     fitted = FineTuner(gsm8k_train, model=str(tiny_model_dir), output=tmp_path / "runs", memory_budget=budget, **OPTS)
     plan = fitted.plan()

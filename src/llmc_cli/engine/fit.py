@@ -25,8 +25,10 @@ LAYER = "optimize_memory"
 def fit_to_machine(plan: RunPlan, hardware: Hardware | None = None) -> RunPlan:
     """The plan with its memory estimate and, when ``optimize_memory`` is on, a fitted micro-batch."""
     from llmc_cli.models.kind import check_causal, load_config
+    from llmc_cli.models.optional import skip_unused_bitsandbytes
 
     cfg = plan.resolved.config
+    skip_unused_bitsandbytes(cfg.model.quantize)  # before the estimate imports peft
     if not plan.source.local:
         return replace(plan, memory={"estimate": None, "reason": "the model is not downloaded yet"})
     model_config = load_config(plan.source.location)
@@ -65,7 +67,7 @@ def fit_to_machine(plan: RunPlan, hardware: Hardware | None = None) -> RunPlan:
     else:
         checkpointing = facts.total_params >= BILLION if setting == "auto" else bool(setting)
         micro = min(t.micro_batch or t.batch_size, t.batch_size)
-        estimate = memory.estimate(micro, checkpointing)
+        estimate = memory.estimate(micro, checkpointing, t.batch_size * t.grad_accum)
         why.append(Choice("micro_batch", micro, "OPTIMIZE_MEMORY is off: as configured"))
         if estimate.total_bytes > budget:
             warnings.append(

@@ -69,11 +69,11 @@ def fit_batch(
     modes = [False, True] if checkpointing == "auto" else [bool(checkpointing)]
     budget = f"{budget_bytes / GiB:.1f} GiB ({budget_rule})"
     for mode in modes:
-        micro = _largest_fitting(memory, ceiling, mode, budget_bytes)
+        micro = _largest_fitting(memory, ceiling, effective, mode, budget_bytes)
         if micro:
             return _fitted(memory, micro, effective, ceiling, mode, budget, checkpointing)
     mode = modes[-1]
-    estimate = memory.estimate(1, mode)
+    estimate = memory.estimate(1, mode, effective)
     warning = (
         f"Even a micro-batch of 1 with gradient checkpointing {'on' if mode else 'off'} is estimated at "
         f"{estimate.total_bytes / GiB:.1f} GiB, over the budget of {budget}. " + _what_fits(memory)
@@ -85,12 +85,12 @@ def fit_batch(
     return BatchFit(1, mode, estimate, False, choices, warning)
 
 
-def _largest_fitting(memory, ceiling: int, mode: bool, budget_bytes: int) -> int:
+def _largest_fitting(memory, ceiling: int, effective: int, mode: bool, budget_bytes: int) -> int:
     """The largest micro-batch up to ``ceiling`` whose estimate fits (0 for none); estimates grow with it."""
     low, high = 0, ceiling
     while low < high:
         middle = (low + high + 1) // 2
-        if memory.estimate(middle, mode).total_bytes <= budget_bytes:
+        if memory.estimate(middle, mode, effective).total_bytes <= budget_bytes:
             low = middle
         else:
             high = middle - 1
@@ -98,9 +98,9 @@ def _largest_fitting(memory, ceiling: int, mode: bool, budget_bytes: int) -> int
 
 
 def _fitted(memory, micro, effective, ceiling, mode, budget, setting) -> BatchFit:
-    estimate = memory.estimate(micro, mode)
+    estimate = memory.estimate(micro, mode, effective)
     if micro < ceiling:
-        alternative = f"{micro + 1} needs {memory.estimate(micro + 1, mode).total_bytes / GiB:.2f} GiB"
+        alternative = f"{micro + 1} needs {memory.estimate(micro + 1, mode, effective).total_bytes / GiB:.2f} GiB"
     elif ceiling < effective:
         alternative = f"larger is not tried: {ceiling} is the micro-batch configured"
     else:
@@ -116,10 +116,10 @@ def _fitted(memory, micro, effective, ceiling, mode, budget, setting) -> BatchFi
     if setting == "auto":
         if mode:
             rule = "on: no micro-batch fits without it"
-            alternative = f"off: 1 sequence needs {memory.estimate(1, False).total_bytes / GiB:.2f} GiB"
+            alternative = f"off: 1 sequence needs {memory.estimate(1, False, effective).total_bytes / GiB:.2f} GiB"
         else:
             rule = "off: not needed to fit (it costs about a third more compute)"
-            alternative = f"on: {memory.estimate(micro, True).total_bytes / GiB:.2f} GiB at this micro-batch"
+            alternative = f"on: {memory.estimate(micro, True, effective).total_bytes / GiB:.2f} GiB at this micro-batch"
         choices.append(Choice("enable_gradient_checkpointing", mode, rule, alternative))
     return BatchFit(micro, mode, estimate, True, choices)
 

@@ -18,7 +18,7 @@ class LinearMemory:
     device: str = "cpu"
     quantize: str = "none"
 
-    def estimate(self, micro: int, checkpointing: bool) -> MemoryEstimate:
+    def estimate(self, micro: int, checkpointing: bool, rows_per_step: int | None = None) -> MemoryEstimate:
         total = (100 + (20 if checkpointing else 50) * micro) * MB
         return MemoryEstimate("cpu", micro, 512, checkpointing, {"all": total}, total)
 
