@@ -81,12 +81,14 @@ def run(args: list[str], env: dict[str, str] | None = None, cgroup: Path | None 
     return subprocess.run(LLMC + args, capture_output=True, text=True, env=env, preexec_fn=preexec)
 
 
-def estimate_cases(models: dict[str, str], data: Path, work: Path, base: float, steps: int) -> list[dict]:
+def estimate_cases(
+    models: dict[str, str], data: Path, work: Path, base: float, steps: int, only: list[str] | None = None
+) -> list[dict]:
     rows = []
     for model, micro, step_rows, length, gc in ESTIMATE_CASES:
-        if model not in models:
-            continue
         name = f"{model}-m{micro}-r{step_rows}-l{length}-gc{int(gc)}"
+        if model not in models or (only and not name.startswith(tuple(only))):
+            continue
         env = {"ENABLE_GRADIENT_CHECKPOINTING": str(gc).lower()}
         fixed = ["--batch-size", str(step_rows), "--grad-accum", "1", "--micro-batch", str(micro)]
         common = train_args(models[model], data, work / "cache", work / "runs", name, steps, length) + fixed
@@ -207,6 +209,7 @@ def main() -> None:
     parser.add_argument("--smollm2", type=Path, help="SmolLM2-135M-Instruct folder (get-smollm2.sh)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "llmc-memory-bench")
     parser.add_argument("--only", choices=("estimate", "auto"))
+    parser.add_argument("--cases", nargs="+", help="only estimate cases whose name starts with one of these")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument(
         "--cap-mb", type=int, nargs="+", default=[3000, 4000], help="cgroup limits for the auto-batch runs"
@@ -222,7 +225,7 @@ def main() -> None:
     print(f"baseline (python -c 'import torch') peak RSS: {base:.0f} MB", flush=True)
     results: dict = {"baseline_mb": base}
     if args.only in (None, "estimate"):
-        results["estimates"] = estimate_cases(models, Path(facts["train"]), args.work, base, args.steps)
+        results["estimates"] = estimate_cases(models, Path(facts["train"]), args.work, base, args.steps, args.cases)
         print("\n| case | predicted MB | measured MB | error |\n|---|---:|---:|---:|")
         for row in results["estimates"]:
             print(f"| {row['case']} | {row['predicted_mb']:,} | {row['measured_mb']:,} | {row['error']:+.1%} |")
