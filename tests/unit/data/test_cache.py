@@ -26,10 +26,13 @@ from llmc_cli.data.templates import ensure_chat_template
 from llmc_cli.data.tokenize import encode
 
 
-def _tokenizer(folder, template_family="tinyllama"):
+def _tokenizer(folder, template_family=None):
+    """The tokenizer as a run sees it; with template_family, that family's template replaces its own."""
     tok = AutoTokenizer.from_pretrained(folder)
     tok.pad_token = tok.pad_token or tok.eos_token
-    ensure_chat_template(tok, FAMILIES[template_family])
+    if template_family is not None:
+        tok.chat_template = None  # the tokenizer built without ../shared ships a template of its own
+    ensure_chat_template(tok, FAMILIES[template_family or "tinyllama"])
     return tok
 
 
