@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "llmc_packed"
+SEGMENT_MULTIPLE = 64  # examples' lengths are padded to this on CPU in half precision (see _causal)
 
 
 def packed_causal_attention(
@@ -37,15 +38,16 @@ def packed_causal_attention(
     """(batch, heads, T, dim) in, (batch, T, heads, dim) out, as transformers' attention functions."""
     batch, _, length, _ = query.shape
     gqa = query.shape[1] != key.shape[1]
+    multiple = SEGMENT_MULTIPLE if query.device.type == "cpu" and query.dtype != torch.float32 else 1
     rows = []
     for b, segments in enumerate(_row_segments(position_ids, batch, length)):
         parts = [
-            F.scaled_dot_product_attention(
+            _causal(
                 query[b : b + 1, :, start:end],
                 key[b : b + 1, :, start:end],
                 value[b : b + 1, :, start:end],
+                multiple,
                 dropout_p=dropout,
-                is_causal=True,
                 scale=scaling,
                 enable_gqa=gqa,
             )
@@ -54,6 +56,22 @@ def packed_causal_attention(
         rows.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
     output = rows[0] if batch == 1 else torch.cat(rows, dim=0)
     return output.transpose(1, 2).contiguous(), None
+
+
+def _causal(query, key, value, multiple: int, **options) -> torch.Tensor:
+    """Causal SDPA over one example, its length padded up to ``multiple`` with zeros at the end.
+
+    Padding at the end changes nothing for the real positions (causality keeps them from the padded
+    keys) and is cut off the output. It bounds the shapes the CPU's bf16 kernels see: with one shape
+    per example length, a run's memory grew step after step (1,254 to 1,915 MB over 16 steps of a
+    4-layer model at 4 x 512 tokens, where fp32 levelled off at 1,936); padded to 64, it levelled off
+    at 1,594 MB, at the same speed (16.8 against 16.7 s for the 16 steps)."""
+    n = query.shape[2]
+    extra = -n % multiple
+    if extra:
+        query, key, value = (F.pad(t, (0, 0, 0, extra)) for t in (query, key, value))
+    out = F.scaled_dot_product_attention(query, key, value, is_causal=True, **options)
+    return out[:, :, :n] if extra else out
 
 
 _cache: tuple[torch.Tensor | None, list[list[tuple[int, int]]]] = (None, [])

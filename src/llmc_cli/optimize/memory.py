@@ -11,7 +11,7 @@ The parts, for one process:
 - **loss**: llmc's chunked output projection (a logits and a log-probability chunk) and the
   hidden-state copies it makes, by formula from ``engine/loss.py``.
 - **overhead**: what the framework holds besides tensors (libraries, tokenizer, allocator), and
-  on CPU the model file's pages while the weights load.
+  on CPU in half precision oneDNN's cache of compiled kernels.
 
 Measured peaks differ from live tensor bytes by how the allocator reuses memory, so the factor
 and overheads below are calibrated against measured peaks (``benchmarks/memory.py`` prints the
@@ -46,11 +46,19 @@ LOSS_CHUNK_BYTES = 64 * MiB  # engine/loss.py CHUNK_BYTES: fp32 logits per chunk
 CPU_FRAMEWORK_BYTES = 190 * MiB  # transformers, peft, accelerate, tokenizers imported over torch
 CPU_ACTIVATION_FACTOR = 1.45
 CPU_CHECKPOINTED_FACTOR = (1.85, 0.205)  # + per layer
+# Half precision on CPU (bf16 on a 2-core AMD EPYC with avx512_bf16, optimize/attention.py padding
+# examples to 64 tokens; benchmarks/memory.py): the same activation factor held without checkpointing
+# (1.44-1.50), plus oneDNN's cache of bf16 kernels, which fp32 (MKL) does not keep: 150-160 MB, the
+# drop in peak RSS with ONEDNN_PRIMITIVE_CACHE_CAPACITY=0. With checkpointing the ratio grew less with
+# depth than in fp32: 2.0-2.3 at 4 layers, 4.2 at 30 (fitted: 1.86 + 0.077 per layer).
+CPU_HALF_KERNEL_BYTES = 160 * MiB
+CPU_HALF_CHECKPOINTED_FACTOR = (1.86, 0.077)  # + per layer
 # A step of several micro-batches (gradient accumulation, or a loader batch cut into micro-batches,
-# the last one smaller) left more behind on CPU: 10 steps of the mini model with 16 rows a step in
-# micro-batches of 7 (7, 7, 2) and of 4 at length 1024 peaked 20 % and 17 % of the activations above
-# the same micro-batch taking the whole step (benchmarks/memory.py).
-CPU_ACCUMULATING_FACTOR = 1.2
+# the last one smaller) left more behind on CPU: 16 rows a step of the mini model in micro-batches
+# of 7 (7, 7, 2) and of 4 at length 1024 peaked 11-20 % of the activations above the micro-batch
+# taking the whole step (fp32 and bf16); SmolLM2 in micro-batches of 3 (12 rows a step, bf16), 3 %
+# below it. 1.1 keeps all three within 11 % (benchmarks/memory.py).
+CPU_ACCUMULATING_FACTOR = 1.1
 # CUDA: the caching allocator rounds and keeps blocks; PyTorch's guidance is ~10-20 % above allocated.
 CUDA_ACTIVATION_FACTOR = 1.15
 CUDA_FRAMEWORK_BYTES = 64 * MiB  # cuBLAS workspaces and kernels' scratch in the caching allocator
@@ -148,7 +156,7 @@ class MemoryModel:
     def overhead(self) -> int:
         if self.device == "cuda":
             return CUDA_FRAMEWORK_BYTES
-        return CPU_FRAMEWORK_BYTES
+        return CPU_FRAMEWORK_BYTES + (CPU_HALF_KERNEL_BYTES if self.precision != "fp32" else 0)
 
     # --------------------------------------------------------------- estimate
     def estimate(self, micro_batch: int, checkpointing: bool, rows_per_step: int | None = None) -> MemoryEstimate:
@@ -186,7 +194,7 @@ class MemoryModel:
         if self.device == "cuda":
             return CUDA_ACTIVATION_FACTOR
         if checkpointing:
-            base, per_layer = CPU_CHECKPOINTED_FACTOR
+            base, per_layer = CPU_CHECKPOINTED_FACTOR if self.precision == "fp32" else CPU_HALF_CHECKPOINTED_FACTOR
             return base + per_layer * self.facts.layers
         return CPU_ACTIVATION_FACTOR
 

@@ -77,3 +77,28 @@ def test_a_model_that_differs_keeps_its_stock_attention():
     assert model.config._attn_implementation == NAME
     assert not matches_stock_attention(model, model, inputs, "test_halved", atol=1e-3)
     assert model.config._attn_implementation == "test_halved"
+
+
+def test_bf16_on_cpu_pads_each_example_to_few_shapes_with_the_same_result(monkeypatch):
+    import torch.nn.functional as F
+
+    from llmc_cli.optimize import attention
+
+    ids, positions = _packed_batch()
+    stock, ours = _model().to(torch.bfloat16), _model().to(torch.bfloat16)
+    use_packed_attention(ours)
+    seen, sdpa = [], F.scaled_dot_product_attention
+
+    def recording(query, *args, **kwargs):
+        seen.append(query.shape[2])
+        return sdpa(query, *args, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording)
+    got = ours(input_ids=ids, position_ids=positions, use_cache=False).logits
+    assert set(seen) == {attention.SEGMENT_MULTIPLE}  # examples of 5 to 16 tokens, each padded to 64
+    want = stock(input_ids=ids, position_ids=positions, use_cache=False).logits
+    assert torch.allclose(got.float(), want.float(), atol=5e-2)
+    seen.clear()
+    use_packed_attention(fp32 := _model())  # fp32 runs with the examples' own shapes
+    fp32(input_ids=ids, position_ids=positions, use_cache=False)
+    assert sorted(set(seen)) == [5, 8, 9, 10, 16]
