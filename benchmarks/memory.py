@@ -9,7 +9,9 @@ Estimate: for each configuration, `llmc train --dry-run --json` gives `memory.to
 steps, as freed memory fragments; step-0 and final evaluation included) and `summary.json` gives the
 process's peak RSS. Measured = that peak minus the peak RSS of an idle `python -c "import torch"`
 (measured in the same invocation). The micro-batch and checkpointing are set explicitly, so the
-fit keeps them.
+fit keeps them. The data is prepared (`llmc prepare`) before the dry run, so its predicted seconds
+a step (`time.per_step_s`) count the data's own tokens; measured = `train_time_s / steps` of the
+same run (the first step's kernel selection included).
 
 Auto batch: a cgroup (v1 or v2) memory limit is put on each run (needs root and a writable
 cgroup filesystem; skipped with the reason otherwise). `llmc train --batch-size 16 --grad-accum 1`
@@ -42,7 +44,7 @@ from speed import prepare  # noqa: E402 - the speed benchmark's mini model and d
 LLMC = [sys.executable, "-m", "llmc_cli.cli.app"]  # the llmc command of this interpreter
 MiB = 2**20
 STEP = ["--preset", "quality", "--batch-size", "16", "--grad-accum", "1"]  # 16 rows a step, asked for at once
-# (model, micro-batch, rows per step, max length, gradient checkpointing)
+# (model, micro-batch, rows per step, max length, gradient checkpointing[, precision other than llmc's choice])
 ESTIMATE_CASES = [
     ("mini", 1, 1, 512, False),
     ("mini", 4, 4, 512, False),
@@ -56,6 +58,8 @@ ESTIMATE_CASES = [
     ("smollm2", 4, 4, 512, False),
     ("smollm2", 4, 4, 512, True),
     ("smollm2", 3, 12, 512, False),
+    ("mini", 4, 4, 512, False, "fp32"),  # on a CPU with bf16 instructions: the fp32 calibration, and its speed
+    ("smollm2", 2, 2, 512, False, "fp32"),
 ]
 
 
@@ -85,13 +89,17 @@ def estimate_cases(
     models: dict[str, str], data: Path, work: Path, base: float, steps: int, only: list[str] | None = None
 ) -> list[dict]:
     rows = []
-    for model, micro, step_rows, length, gc in ESTIMATE_CASES:
-        name = f"{model}-m{micro}-r{step_rows}-l{length}-gc{int(gc)}"
+    for model, micro, step_rows, length, gc, *precision in ESTIMATE_CASES:
+        name = f"{model}-m{micro}-r{step_rows}-l{length}-gc{int(gc)}" + "".join(f"-{p}" for p in precision)
         if model not in models or (only and not name.startswith(tuple(only))):
             continue
         env = {"ENABLE_GRADIENT_CHECKPOINTING": str(gc).lower()}
+        env.update({"LLMC_PRECISION": precision[0]} if precision else {})
         fixed = ["--batch-size", str(step_rows), "--grad-accum", "1", "--micro-batch", str(micro)]
         common = train_args(models[model], data, work / "cache", work / "runs", name, steps, length) + fixed
+        # Prepared first, so the dry run's step time counts the data's own tokens, not an upper bound.
+        run(["prepare", "--data", str(data), "--model", models[model], "--max-length", str(length),
+             "--data-cache", str(work / "cache")])  # fmt: skip
         started = time.perf_counter()
         dry = run([*common, "--dry-run", "--json"], env)
         dry_s = time.perf_counter() - started
@@ -105,6 +113,14 @@ def estimate_cases(
             error=round(predicted / measured - 1, 3), exit=done.returncode, dry_run_s=round(dry_s, 1),
             parts_mb={k: round(v / MiB) for k, v in plan["memory"]["parts"].items()},
         )  # fmt: skip
+        if plan["time"].get("per_step_s") and summary.get("steps"):  # seconds a step: predicted and measured
+            measured_s = summary["train_time_s"] / summary["steps"]
+            row.update(
+                predicted_step_s=round(plan["time"]["per_step_s"], 3), measured_step_s=round(measured_s, 3),
+                step_error=round(plan["time"]["per_step_s"] / measured_s - 1, 3),
+                matmul_gflops=round(plan["time"]["matmul_flops_per_s"] / 1e9, 1),
+                step_tflop=round(plan["time"]["step_flops"] / 1e12, 4), precision=plan["hardware"]["precision"],
+            )  # fmt: skip
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -226,9 +242,16 @@ def main() -> None:
     results: dict = {"baseline_mb": base}
     if args.only in (None, "estimate"):
         results["estimates"] = estimate_cases(models, Path(facts["train"]), args.work, base, args.steps, args.cases)
-        print("\n| case | predicted MB | measured MB | error |\n|---|---:|---:|---:|")
+        print("\n| case | predicted MB | measured MB | error | predicted s/step | measured s/step | error |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for row in results["estimates"]:
-            print(f"| {row['case']} | {row['predicted_mb']:,} | {row['measured_mb']:,} | {row['error']:+.1%} |")
+            timing = (
+                f"{row['predicted_step_s']:.2f} | {row['measured_step_s']:.2f} | {row['step_error']:+.1%}"
+                if "step_error" in row
+                else "n/a | n/a | n/a"
+            )
+            memory = f"{row['predicted_mb']:,} | {row['measured_mb']:,} | {row['error']:+.1%}"
+            print(f"| {row['case']} | {memory} | {timing} |")
     if args.only in (None, "auto"):
         results["auto_batch"] = [
             auto_batch(models["mini"], Path(facts["train"]), args.work, cap, args.length, args.steps)

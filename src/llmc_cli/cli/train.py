@@ -170,6 +170,17 @@ def show_plan(console: Console, plan: dict, as_json: bool) -> None:
             facts.add_row("approximate", memory["reason"])
         for note in memory["notes"]:
             facts.add_row("measured as", note)
+    timing = plan.get("time") or {}
+    if timing.get("per_step_s") is None:
+        facts.add_row("time", f"not predicted: {timing.get('reason', 'unknown')}")
+    else:
+        total = f" ({_duration(timing['total_s'])} for the run)" if timing["total_s"] else ""
+        facts.add_row(
+            "time",
+            f"about {timing['per_step_s']:.3g} s a step{total}: {timing['step_flops'] / 1e12:.3g} TFLOP a step at "
+            f"{timing['efficiency']:.0%} of the {timing['matmul_flops_per_s'] / 1e9:,.0f} GFLOP/s this machine's "
+            f"matmuls reached just now; token counts from {timing['basis']}",
+        )
     for warning in plan["warnings"]:
         facts.add_row("warning", warning)
     console.print(facts)
@@ -180,6 +191,12 @@ def show_plan(console: Console, plan: dict, as_json: bool) -> None:
         for row in plan["why"]:
             why.add_row(row["key"], str(row["value"]), row["rule"], row["alternative"])
         console.print(why)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def execute(tuner, console: Console, dashboard: bool = True) -> None:

@@ -24,6 +24,8 @@ from llmc_cli.engine.session import plan_steps
 from llmc_cli.models.footprint import footprint
 from llmc_cli.models.kind import check_causal, load_config
 from llmc_cli.optimize.hardware import choose_precision, detect
+from llmc_cli.optimize.memory import ModelFacts
+from llmc_cli.optimize.throughput import STEP_EFFICIENCY, StepWork, measure_matmul, predict
 from llmc_cli.paths import data_cache_dir
 
 CHECKPOINT_BYTES_PER_PARAM = 16  # adapter + AdamW exp_avg + exp_avg_sq + best adapter, fp32
@@ -62,6 +64,7 @@ def dry_run(plan: RunPlan) -> dict[str, Any]:
         ),
     }
     report["memory"] = plan.memory or {"estimate": None, "reason": "not estimated"}
+    report["time"] = _time(plan, rows, report["steps"].get("total_steps"), hardware.device, precision)
     report["why"] = plan.why
     report["warnings"] = plan.warnings
     return report
@@ -143,6 +146,39 @@ def _data(plan: RunPlan, rows: Rows | None) -> dict[str, Any]:
             dropped=rows.train_report.dropped_too_long + rows.train_report.dropped_no_target,
         )
     return facts
+
+
+def _time(plan: RunPlan, rows: Rows | None, total_steps: int | None, device: str, precision: str) -> dict[str, Any]:
+    """Predicted seconds per optimizer step, from the step's FLOPs and a matmul probe on this machine."""
+    memory = plan.memory or {}
+    if "model_facts" not in memory:
+        return {"per_step_s": None, "reason": memory.get("reason", "the model's config was not read")}
+    efficiency = STEP_EFFICIENCY.get((device, precision))
+    if efficiency is None:
+        return {"per_step_s": None, "reason": f"step times are not calibrated for {precision} on {device} yet"}
+    cfg = plan.resolved.config
+    facts = ModelFacts(**memory["model_facts"])
+    step_rows = cfg.training.batch_size * cfg.training.grad_accum
+    checkpointing = bool(memory.get("gradient_checkpointing"))
+    if rows is not None and len(rows.train) and rows.train_report.kept:
+        report = rows.train_report
+        per_row = report.tokens / len(rows.train)
+        work = StepWork(
+            step_rows,
+            step_rows * per_row,
+            step_rows * report.target_tokens / len(rows.train),
+            report.tokens / report.kept / 2,
+            checkpointing,
+        )
+        basis = f"the prepared data: {per_row:,.0f} tokens a row on average"
+    else:
+        length = cfg.data.max_length
+        work = StepWork(step_rows, step_rows * length, step_rows * length, length / 2, checkpointing)
+        basis = f"an upper bound: rows of {length} tokens, all of them targets (the data is not prepared yet)"
+    if cfg.model.quantize != "none":
+        basis += "; 4-/8-bit weights are dequantised every step, which this does not count"
+    speed = measure_matmul(facts.hidden_size, precision, device)
+    return predict(facts, work, speed, efficiency, total_steps, basis).to_dict()
 
 
 def _steps(plan: RunPlan, rows: Rows | None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ names it as their source; the rules behind them (and the alternatives) go into t
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from llmc_cli.config.layers import ResolvedConfig
@@ -80,6 +80,7 @@ def fit_to_machine(plan: RunPlan, hardware: Hardware | None = None) -> RunPlan:
         "budget_rule": budget_rule,
         "total_params": facts.total_params,
         "trainable_params": facts.trainable_params,
+        "model_facts": asdict(facts),  # what the dry run's step time needs (optimize/throughput.py)
     }
     return replace(plan, resolved=resolved, why=[c.to_dict() for c in why], memory=report, warnings=warnings)
 

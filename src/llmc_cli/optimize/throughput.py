@@ -1,0 +1,106 @@
+"""How long a training step takes, before it runs: the step's FLOPs over this machine's measured speed.
+
+FLOPs count what llmc's training does with a frozen base model and a LoRA adapter, per token:
+
+- each decoder linear layer: 2 per weight forward and 2 backward (the gradient with respect to its
+  input; a frozen weight gets none), and 2 more forward again with gradient checkpointing;
+- attention scores and mixing: 4 x hidden x context per layer forward, twice that backward, where
+  context is the tokens before this one in its own example (packed rows attend within an example);
+- the output head at target positions only (engine/loss.py): 2 x hidden x vocab forward, 2 backward;
+- the adapter: 6 per LoRA parameter.
+
+The machine's speed is measured, not looked up: the best FLOP/s of matmuls the shape of the model's
+linear layers, in the run's dtype, for about half a second (``measure_matmul``). A training step
+reaches a fraction of that (elementwise ops, the optimizer, small matmuls, data): ``STEP_EFFICIENCY``,
+calibrated against measured steps by ``benchmarks/memory.py``, which prints predicted against
+measured seconds per step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from llmc_cli.optimize.memory import ModelFacts
+
+# Measured seconds a step x measured matmul FLOP/s / step FLOPs, by device and precision: 10-step runs
+# of the mini model and SmolLM2-135M on a 2-core AMD EPYC with avx512_bf16 (benchmarks/memory.py,
+# 2026-12-02). Where a pair has no figure, no time is predicted.
+STEP_EFFICIENCY = {("cpu", "bf16"): 0.22, ("cpu", "fp32"): 0.65}
+PROBE_SECONDS = 0.5
+PROBE_ROWS = 1024  # tokens of the probe's matmul: a packed row's worth
+
+
+@dataclass(frozen=True)
+class StepWork:
+    """What one optimizer step processes: rows, their tokens and target tokens, and attention context."""
+
+    rows: int
+    tokens: float
+    target_tokens: float
+    context: float  # mean tokens attended to, per token (half the mean example length, causal)
+    gradient_checkpointing: bool
+
+
+def step_flops(facts: ModelFacts, work: StepWork) -> float:
+    """FLOPs of one optimizer step (forward and backward of every micro-batch)."""
+    linear = (6 if work.gradient_checkpointing else 4) * facts.linear_params * work.tokens
+    attention_passes = 4 if work.gradient_checkpointing else 3  # forward (again) + backward (2x)
+    attention = attention_passes * 4 * facts.layers * facts.hidden_size * work.context * work.tokens
+    head = 4 * facts.hidden_size * facts.vocab_size * work.target_tokens
+    adapter = 6 * facts.trainable_params * work.tokens
+    return linear + attention + head + adapter
+
+
+def measure_matmul(hidden: int, dtype: str, device: str = "cpu", seconds: float = PROBE_SECONDS) -> float:
+    """Best FLOP/s of a (PROBE_ROWS x hidden) @ (hidden x hidden) product in ``dtype`` ("bf16", "fp16",
+    "fp32") on ``device``, over about ``seconds``; one product taking longer than that ends the probe
+    (an emulated dtype is slow, and its one figure says so)."""
+    import torch
+
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    width = max(64, hidden)
+    a = torch.randn(PROBE_ROWS, width, dtype=torch_dtype, device=device)
+    b = torch.randn(width, width, dtype=torch_dtype, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    flops, best = 2.0 * PROBE_ROWS * width * width, 0.0
+    a @ b  # first call: kernel selection and packing
+    deadline = time.perf_counter() + seconds
+    while True:
+        sync()
+        started = time.perf_counter()
+        a @ b
+        sync()
+        best = max(best, flops / max(time.perf_counter() - started, 1e-9))
+        if time.perf_counter() >= deadline:
+            return best
+
+
+@dataclass(frozen=True)
+class StepTime:
+    per_step_s: float
+    total_s: float | None
+    step_flops: float
+    matmul_flops_per_s: float
+    efficiency: float
+    basis: str  # where the token counts come from
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def predict(
+    facts: ModelFacts,
+    work: StepWork,
+    matmul_flops_per_s: float,
+    efficiency: float,
+    total_steps: int | None,
+    basis: str,
+) -> StepTime:
+    """Seconds per optimizer step (and for the run when its steps are known) at ``efficiency``
+    (a :data:`STEP_EFFICIENCY` figure) of the measured matmul speed."""
+    flops = step_flops(facts, work)
+    per_step = flops / (matmul_flops_per_s * efficiency)
+    total = per_step * total_steps if total_steps else None
+    return StepTime(per_step, total, flops, matmul_flops_per_s, efficiency, basis)
