@@ -66,6 +66,12 @@ BAD = '{"question": "What is 1+1?", "answer": "2"}\n{"question": "broken", "answ
 QA = '{"question": "q", "answer": "a"}\n'
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @pytest.mark.parametrize(
     ("files", "args", "code", "message"),
     [
@@ -122,6 +128,13 @@ QA = '{"question": "q", "answer": "a"}\n'
                 ),
             )
         ],
+        pytest.param(
+            {"d.jsonl": QA, "m/config.json": json.dumps({"model_type": "llama"})},
+            ["--data", "d.jsonl", "--model", "m", "--quantize", "4bit"],
+            2,
+            "--quantize 4bit (QLoRA) needs a CUDA GPU; this machine trains on cpu.",
+            marks=pytest.mark.skipif(_has_cuda(), reason="QLoRA is refused only without a CUDA GPU"),
+        ),
         (
             {"d.jsonl": '{"question": "q", "answer": "a"}\n', "llmc.toml": "compile_model = true\n"},
             ["--data", "d.jsonl", "--config", "llmc.toml"],
@@ -317,6 +330,7 @@ def test_dry_run_plans_steps_and_checkpoint_size_that_a_real_run_matches(llmc, t
     assert before["data"]["prepared"] is False and before["steps"]["total_steps"] is None
     assert before["config"]["lora_r"] == {"value": 4, "source": "cli"}
     assert before["model"]["trainable_params"] > 0 and not (tmp_path / "runs").exists()
+    assert before["time"]["per_step_s"] > 0 and "upper bound" in before["time"]["basis"]
     assert llmc("prepare", *args[:-12], "--max-length", "128", "--limit", "80", cwd=tmp_path).returncode == 0
     plan = json.loads(llmc("train", *args, "--dry-run", "--json", cwd=tmp_path).stdout)
     assert plan["data"]["prepared"] is True and plan["steps"]["exact"] is True
@@ -326,9 +340,13 @@ def test_dry_run_plans_steps_and_checkpoint_size_that_a_real_run_matches(llmc, t
     why = {row["key"]: row for row in plan["why"]}
     assert why["micro_batch"]["value"] == 2 and "fits" in why["micro_batch"]["rule"]  # the user's 2 is a ceiling
     assert plan["config"]["batch_size"] == {"value": 2, "source": "cli"}
+    # the prepared data's own token counts: below the upper bound of full rows that are all targets
+    assert "prepared data" in plan["time"]["basis"] and 0 < plan["time"]["step_flops"] < before["time"]["step_flops"]
+    assert plan["time"]["total_s"] == pytest.approx(plan["time"]["per_step_s"] * plan["steps"]["total_steps"])
     text = llmc("train", *args, "--dry-run", cwd=tmp_path)
     assert "Configuration (each value and the layer that set it)" in text.stdout and "trainable" in text.stdout
     assert "estimated peak" in text.stdout and "Why (the rule behind each chosen value" in text.stdout
+    assert "s a step" in text.stdout
     result = llmc("train", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "runs" / "run-1"

@@ -13,6 +13,7 @@ from typing import Any
 
 from llmc_cli.config.layers import ResolvedConfig
 from llmc_cli.engine.plan import RunPlan
+from llmc_cli.errors import ConfigError
 from llmc_cli.models.loading import BILLION
 from llmc_cli.optimize.batch import Choice, fit_batch
 from llmc_cli.optimize.budget import GiB, memory_budget
@@ -29,11 +30,17 @@ def fit_to_machine(plan: RunPlan, hardware: Hardware | None = None) -> RunPlan:
 
     cfg = plan.resolved.config
     skip_unused_bitsandbytes(cfg.model.quantize)  # before the estimate imports peft
+    hardware = hardware or detect()
+    if cfg.model.quantize != "none" and hardware.device != "cuda":
+        raise ConfigError(
+            f"--quantize {cfg.model.quantize} (QLoRA) needs a CUDA GPU; this machine trains on {hardware.device}.",
+            hint="Use --quantize none: LoRA on the full-precision weights. (bitsandbytes' CPU kernels stopped "
+            "a 4-bit run with 'N must be divisible by block_n' on llmc's demo model.)",
+        )
     if not plan.source.local:
         return replace(plan, memory={"estimate": None, "reason": "the model is not downloaded yet"})
     model_config = load_config(plan.source.location)
     check_causal(model_config, plan.source.location)
-    hardware = hardware or detect()
     precision, precision_why = choose_precision(cfg.model.precision, cfg.model.enable_mixed_precision, hardware)
     facts = model_facts(model_config, cfg.lora)
     memory = MemoryModel(
