@@ -173,9 +173,16 @@ def auto_batch(model: str, data: Path, work: Path, cap_mb: int, length: int, ste
         auto_exit=auto.returncode,
         auto_predicted_mb=round(config["memory"]["total_bytes"] / MiB),
         auto_budget_mb=round(config["memory"]["budget_bytes"] / MiB),
-        auto_peak_rss_mb=json.loads((work / "runs" / auto_name / "summary.json").read_text()).get("peak_rss_mb"),
-        auto_adjustments=json.loads((work / "runs" / auto_name / "summary.json").read_text()).get("adjustments"),
     )
+    summary_file = work / "runs" / auto_name / "summary.json"  # absent when the cgroup killed the run
+    if summary_file.exists():
+        summary = json.loads(summary_file.read_text())
+        result.update(auto_peak_rss_mb=summary.get("peak_rss_mb"), auto_adjustments=summary.get("adjustments"))
+    else:
+        events = (work / "runs" / auto_name / "events.jsonl").read_text().splitlines()
+        rss = [json.loads(line)["rss_mb"] for line in events if '"SystemSampled"' in line]
+        steps = [json.loads(line)["step"] for line in events if '"StepEnded"' in line]
+        result.update(auto_killed_after_step=max(steps, default=0), auto_last_sampled_rss_mb=max(rss, default=None))
     tried: dict[int, int] = {}
 
     def runs(micro: int) -> bool:  # the same 16 rows per step, cut into micro-batches of `micro`
