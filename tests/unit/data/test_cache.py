@@ -162,6 +162,12 @@ p.prepare(data, tok, scan(data, Path(sys.argv[3])), 0, Path(sys.argv[3]), worker
 
 def test_a_preparation_killed_mid_write_is_never_used_and_is_rebuilt(tmp_path, tokenizer, tokenizer_dir, gsm8k_train):
     root = tmp_path / "cache"
+    # Thousands of records, so the preparation is still writing when it is killed (the bundled
+    # sample has 160, which a fast machine tokenised before the first poll).
+    big = tmp_path / "big.jsonl"
+    lines = gsm8k_train.read_bytes().splitlines(keepends=True)
+    big.write_bytes(b"".join(lines * -(-6000 // len(lines))))
+    gsm8k_train = big
     child = subprocess.Popen([sys.executable, "-c", KILLER, str(tokenizer_dir), str(gsm8k_train), str(root)])
     deadline = time.monotonic() + 120
     while not any(p.stat().st_size > 0 for p in root.glob("*.partial-*/tokens.bin")):
