@@ -24,7 +24,7 @@ from typing import Any
 
 from llmc_cli.optimize.memory import ModelFacts
 
-# Measured seconds a step x measured matmul FLOP/s / step FLOPs, by device and precision: 10-step runs
+# Step FLOPs / (measured seconds a step x measured matmul FLOP/s), by device and precision: 10-step runs
 # of the mini model and SmolLM2-135M on a 2-core AMD EPYC with avx512_bf16 (benchmarks/memory.py,
 # 2026-12-02). Where a pair has no figure, no time is predicted.
 STEP_EFFICIENCY = {("cpu", "bf16"): 0.22, ("cpu", "fp32"): 0.65}
