@@ -43,7 +43,7 @@ def test_finetuner_writes_a_complete_run(tmp_path, tiny_model_dir, gsm8k_train):
         assert (run_dir / name).is_file(), name
     config = json.loads((run_dir / "config.json").read_text())
     assert config["sources"]["max_steps"] == "cli"
-    assert config["sources"]["lora_dropout"] == "preset:tinyllama/highspeed/small"
+    assert config["sources"]["scheduler"] == "preset:tinyllama/highspeed/small"
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if m["type"] == "train"] == [1, 2, 3, 4, 5, 6]
     evals = [m for m in metrics if m["type"] == "eval"]

@@ -66,4 +66,10 @@ def show(
     for key, value in resolved.config.flat().items():
         shown = ",".join(value) if isinstance(value, list) else str(value)
         table.add_row(key, shown, resolved.sources[key])
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if resolved.config.model.optimize_for_data or resolved.config.model.optimize_memory:
+        console.print(
+            "A run then fits these values to its data and memory (optimize_for_data, optimize_memory); "
+            "llmc train --dry-run shows the result and why."
+        )

@@ -143,9 +143,16 @@ def show_plan(console: Console, plan: dict, as_json: bool) -> None:
             facts.add_row("note", note)
     else:
         facts.add_row("prepared", "not yet: the first run tokenises the data (or run llmc prepare first)")
+        if data.get("profile") and data["profile"]["lengths"]:
+            profile, lengths = data["profile"], data["profile"]["lengths"]
+            sample = f"all {profile['sampled']:,} examples" if profile["exact"] else f"{profile['sampled']:,} sampled"
+            facts.add_row("lengths", f"median {lengths['p50']:,}, p95 {lengths['p95']:,}, p99 {lengths['p99']:,}, "
+                          f"longest {lengths['max']:,} tokens (templated, {sample})")  # fmt: skip
     if steps.get("steps_per_epoch"):
         facts.add_row("steps", f"{steps['total_steps']:,} ({steps['steps_per_epoch']:,} per epoch), "
                       f"evaluation every {steps['eval_every']:,}")  # fmt: skip
+    elif steps["total_steps"] and not steps["exact"]:
+        facts.add_row("steps", f"about {steps['total_steps']:,}: {steps['reason']}")
     else:
         facts.add_row("steps", str(steps["total_steps"]) if steps["total_steps"] else steps["reason"])
     if disk["bytes_needed"] is not None:

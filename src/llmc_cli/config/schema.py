@@ -73,6 +73,12 @@ class ModelSettings(_Section):
         description="Fit the run to the memory it may use: the largest micro-batch that fits (effective batch kept), "
         "gradient checkpointing only when needed; and free memory between phases.",
     )
+    optimize_for_data: bool = Field(
+        True,
+        description="Fit the preset to the data: max_length from the examples' p99 token length, enough optimizer "
+        "steps, warm-up, LoRA rank/dropout and weight decay by the data's size (rules in optimize/rules.toml); "
+        "values you set are kept.",
+    )
     memory_budget: float | None = Field(
         None,
         gt=0,

@@ -133,6 +133,7 @@ def _data(plan: RunPlan, rows: Rows | None) -> dict[str, Any]:
         "val_records": scan.val_records,
         "validation": scan.val_source,
         "prepared": rows is not None,
+        "profile": plan.profile,  # token lengths of a sample, when the data rules read one (engine/fit.py)
     }
     if rows is not None:
         facts.update(
@@ -171,6 +172,13 @@ def _time(plan: RunPlan, rows: Rows | None, total_steps: int | None, device: str
             checkpointing,
         )
         basis = f"the prepared data: {per_row:,.0f} tokens a row on average"
+    elif (profile := plan.profile or {}).get("estimated", {}).get("rows"):
+        examples_per_row = plan.data.train_records / profile["estimated"]["rows"]
+        length = min(profile["mean_tokens"], cfg.data.max_length)
+        per_row = min(examples_per_row * length, cfg.data.max_length)
+        targets = per_row * profile["mean_targets"] / max(profile["mean_tokens"], 1)
+        work = StepWork(step_rows, step_rows * per_row, step_rows * targets, length / 2, checkpointing)
+        basis = f"a sample of the data: about {per_row:,.0f} tokens a row"
     else:
         length = cfg.data.max_length
         work = StepWork(step_rows, step_rows * length, step_rows * length, length / 2, checkpointing)
@@ -186,6 +194,14 @@ def _steps(plan: RunPlan, rows: Rows | None) -> dict[str, Any]:
     if rows is None:
         if training.max_steps:
             return {"total_steps": training.max_steps, "exact": True}
+        estimated = (plan.profile or {}).get("estimated", {}).get("steps")
+        if estimated:
+            return {
+                "total_steps": estimated,
+                "exact": False,
+                "reason": "estimated from a sample of the data's token lengths; exact once it is prepared "
+                "(llmc prepare)",
+            }
         return {"total_steps": None, "exact": False, "reason": "the data is not prepared yet: run llmc prepare"}
     batches = math.ceil(len(rows.train) / training.batch_size)
     per_epoch, total, eval_every = plan_steps(training, batches, rows)

@@ -31,10 +31,12 @@ class RunPlan:
     why: list[dict[str, Any]] = field(default_factory=list)  # the rules behind fitted values (engine/fit.py)
     memory: dict[str, Any] | None = None  # the memory estimate and budget (engine/fit.py)
     warnings: list[str] = field(default_factory=list)  # what the run should say when it starts
+    profile: dict[str, Any] | None = None  # the data's token lengths the data rules read (engine/fit.py)
 
     def record(self) -> dict[str, Any]:
-        """``config.json``: the resolved config with each value's source, the why table and the estimate."""
-        return {**self.resolved.to_json(), "why": self.why, "memory": self.memory}
+        """``config.json``: the resolved config with each value's source, the why table, the data's
+        length profile and the memory estimate."""
+        return {**self.resolved.to_json(), "why": self.why, "data_profile": self.profile, "memory": self.memory}
 
 
 def demo_layer() -> Layer:

@@ -37,7 +37,6 @@ from llmc_cli.optimize.hardware import Hardware, choose_precision, detect
 
 CPU_WIDTH_MULTIPLE = 64  # batch widths rounded up to this in bf16/fp16 on a CPU
 ACCELERATE_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
-EVAL_SHARE = 0.25  # evaluation may cost up to this share of the training compute
 CHECK_TOKENS = 256  # tokens of the first row the fast paths are checked on (see check_slice)
 CHECK_TARGETS = 32
 
@@ -279,12 +278,17 @@ def plan_steps(training, batches_per_epoch: int, rows: Rows) -> tuple[int, int, 
 
 
 def default_eval_interval(total_steps: int, tokens_per_step: float, val_tokens: int) -> int:
-    """Steps between evaluations: ten per run, fewer when the validation set is large next to the run.
+    """Steps between evaluations: ``[eval] per_run`` of optimize/rules.toml (10), fewer when the
+    validation set is large next to the run.
 
     A forward pass costs about a third of a training step per token, so evaluating
-    ``val_tokens`` costs ``val_tokens / 3`` training tokens. The evaluation at step 0 and the
-    one at the end always happen; an interval of ``total_steps`` means no others.
+    ``val_tokens`` costs ``val_tokens / 3`` training tokens; evaluation may cost up to
+    ``[eval] max_share`` of the training compute. The evaluation at step 0 and the one at the
+    end always happen; an interval of ``total_steps`` means no others.
     """
-    affordable = int(EVAL_SHARE * 3 * total_steps * tokens_per_step / max(val_tokens, 1))
-    evaluations = min(10, max(1, affordable - 1))  # scheduled ones, the final one included
+    from llmc_cli.optimize.rules import load_rules
+
+    rule = load_rules().eval
+    affordable = int(rule.max_share * 3 * total_steps * tokens_per_step / max(val_tokens, 1))
+    evaluations = min(rule.per_run, max(1, affordable - 1))  # scheduled ones, the final one included
     return max(1, math.ceil(total_steps / evaluations))
