@@ -150,6 +150,8 @@ def make_cgroup(limit_bytes: int) -> tuple[Path | None, str]:
 
 
 def losses(run_dir: Path) -> list[float]:
+    if not (run_dir / "metrics.jsonl").exists():  # the run failed before its first step
+        return []
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [r["loss"] for r in map(json.loads, lines) if r.get("type") == "train"]
 
@@ -194,6 +196,8 @@ def auto_batch(model: str, data: Path, work: Path, cap_mb: int, length: int, ste
         )  # fmt: skip
         tried[micro] = done.returncode
         print(f"fixed micro-batch {micro} under {cap_mb} MB: exit {done.returncode}", flush=True)
+        if done.returncode not in (0, -9, 137):  # not the cgroup's kill: say what it was
+            print(done.stderr[-2000:], flush=True)
         return done.returncode == 0
 
     low, high = 0, 16  # binary search for the largest micro-batch that completes under the cap
@@ -206,9 +210,13 @@ def auto_batch(model: str, data: Path, work: Path, cap_mb: int, length: int, ste
     result["chosen_share_of_largest"] = round(chosen / largest, 2) if largest else None
     plain_name = f"unoptimised-{cap_mb}"
     plain = run([*common(plain_name), *STEP], env={"OPTIMIZE_MEMORY": "false"})
+    if plain.returncode != 0:
+        print(f"unoptimised run: exit {plain.returncode}\n{plain.stderr[-2000:]}", flush=True)
     a, b = losses(work / "runs" / auto_name), losses(work / "runs" / plain_name)
 
     def counts(name: str) -> list[tuple]:  # tokens, target tokens and examples of each step
+        if not (work / "runs" / name / "metrics.jsonl").exists():
+            return []
         rows = map(json.loads, (work / "runs" / name / "metrics.jsonl").read_text().splitlines())
         return [(r["tokens"], r["target_tokens"], r["examples"]) for r in rows if r.get("type") == "train"]
 

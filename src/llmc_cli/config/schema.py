@@ -82,8 +82,8 @@ class ModelSettings(_Section):
     memory_budget: float | None = Field(
         None,
         gt=0,
-        description="GiB of memory a run may plan for (default: 90% of available RAM, or of free GPU memory, "
-        "within any cgroup limit).",
+        description="GiB of memory a run may plan for (default: 90% of available RAM, 85% in bf16/fp16 on CPU, "
+        "or 90% of free GPU memory, within any cgroup limit).",
     )
 
     _not_yet = field_validator("compile_model")(_refuse_unavailable)

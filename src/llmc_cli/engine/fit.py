@@ -62,7 +62,7 @@ def fit_to_machine(plan: RunPlan, hardware: Hardware | None = None) -> RunPlan:
         quantize=cfg.model.quantize,
         seq_len=cfg.data.max_length,
     )
-    budget, budget_rule = memory_budget(cfg.model.memory_budget, hardware)
+    budget, budget_rule = memory_budget(cfg.model.memory_budget, hardware, precision=precision)
     why = [Choice("precision", precision, precision_why), *data_why]
     t, setting = cfg.training, cfg.model.enable_gradient_checkpointing
     if cfg.model.optimize_memory:

@@ -12,13 +12,23 @@ from llmc_cli.optimize.memory import CPU_FRAMEWORK_BYTES
 GiB = 2**30
 # The rest covers the estimate's error (-6.8 % to +3.0 % in benchmarks/memory.py, CPU fp32).
 CPU_SHARE, GPU_SHARE = 0.90, 0.90
+# Half precision on CPU varies more: -12.6 % to +10.4 % (bf16, benchmarks/memory.py), and under a
+# cgroup cap the largest micro-batch that completes moves between runs of the same case (the mini
+# model, 16 rows a step, 10 steps: 7 or 8 under 2000 MB, 8 or 9 under 2300, 10 or 11 under 2600;
+# the RSS still grows over the first steps). With 90 % the fit chose 9 under 2300 MB, where 9 was
+# killed in another run; with 87 % it chose 7 under 2000 MB and was killed in step 5. With 85 %:
+# 6, 8 and 10, all completed (benchmarks/README.md).
+CPU_HALF_SHARE = 0.85
 
 
-def memory_budget(setting_gib: float | None, hardware: Hardware, free_bytes: int | None = None) -> tuple[int, str]:
+def memory_budget(
+    setting_gib: float | None, hardware: Hardware, free_bytes: int | None = None, precision: str = "fp32"
+) -> tuple[int, str]:
     """Bytes a run may plan for, and the rule that gave them.
 
     ``free_bytes`` is free memory already probed (``llmc doctor``'s probe, which also applies the
-    cgroup limit); without it this process's device is measured now.
+    cgroup limit); without it this process's device is measured now. ``precision`` is the run's:
+    on CPU, half precision plans with a wider margin.
     """
     if setting_gib is not None:
         return int(setting_gib * GiB), "memory_budget"
@@ -32,8 +42,9 @@ def memory_budget(setting_gib: float | None, hardware: Hardware, free_bytes: int
         available, rule = free_bytes, "available RAM"
     else:
         available, rule = available_ram()
+    share = CPU_SHARE if precision == "fp32" else CPU_HALF_SHARE
     # The libraries the estimate counts are loaded already (planning imported them): credit them.
-    return int(available * CPU_SHARE) + CPU_FRAMEWORK_BYTES, f"{CPU_SHARE:.0%} of {rule}, libraries loaded"
+    return int(available * share) + CPU_FRAMEWORK_BYTES, f"{share:.0%} of {rule}, libraries loaded"
 
 
 def available_ram() -> tuple[int, str]:

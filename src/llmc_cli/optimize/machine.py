@@ -226,7 +226,7 @@ def family_report(machine: Machine, precision: str) -> FamilyReport:
         free = gpu.memory_free_bytes if gpu.memory_free_bytes is not None else gpu.memory_total_bytes
     else:
         free = machine.ram_available_bytes
-    budget, rule = memory_budget(None, hardware, free)
+    budget, rule = memory_budget(None, hardware, free, precision)
     fits = family_fits(hardware.device, precision, budget, rule)
     qlora = bool(machine.gpus and machine.bitsandbytes)
     fits_4bit = family_fits(hardware.device, precision, budget, rule, quantize="4bit") if qlora else []

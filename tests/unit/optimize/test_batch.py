@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmc_cli.optimize.batch import fit_batch
-from llmc_cli.optimize.budget import cgroup_memory_left
+from llmc_cli.optimize.budget import CPU_FRAMEWORK_BYTES, cgroup_memory_left, memory_budget
+from llmc_cli.optimize.hardware import Hardware
 from llmc_cli.optimize.memory import MemoryEstimate
 
 MB = 2**20
@@ -79,3 +80,13 @@ def test_cgroup_limits_v1_and_v2(tmp_path):
     (v2 / "memory.max").write_text("max\n")
     assert cgroup_memory_left(proc, tmp_path / "fs") is None
     assert cgroup_memory_left(tmp_path / "missing", tmp_path / "fs") is None
+
+
+def test_half_precision_on_cpu_plans_with_a_wider_margin():
+    cpu = Hardware("cpu", "CPU", 0.0, False, True, 2, 24.0)
+    free = 10 * 2**30
+    fp32, fp32_rule = memory_budget(None, cpu, free, "fp32")
+    bf16, bf16_rule = memory_budget(None, cpu, free, "bf16")
+    assert fp32 == int(free * 0.90) + CPU_FRAMEWORK_BYTES and fp32_rule.startswith("90% of available RAM")
+    assert bf16 == int(free * 0.85) + CPU_FRAMEWORK_BYTES and bf16_rule.startswith("85% of available RAM")
+    assert memory_budget(3.0, cpu, free, "bf16") == (3 * 2**30, "memory_budget")  # a budget you set is kept
