@@ -122,8 +122,12 @@ class FineTuner:
         tokenizer, _ = open_tokenizer(plan)
         return prepare_rows(plan, tokenizer, progress=progress, warn=warn)
 
-    def train(self) -> Path:
+    def train(self, stop=None) -> Path:
         """Run training to the end and return the run directory.
+
+        ``stop`` (a :class:`~llmc_cli.engine.interrupt.StopRequest`) lets the caller end the run
+        at the next step boundary from a subscriber, as ``llmc tune`` prunes a trial: a checkpoint
+        is saved and RunInterrupted raised with the reason given.
 
         Raises:
             LlmcError: bad config, data or model (before a run directory exists), or a failure
@@ -146,4 +150,4 @@ class FineTuner:
         for subscriber in self._subscribers:
             bus.subscribe(subscriber)
         with observe(bus, run_dir, config):
-            return train(plan, run_dir, bus, resume=self._resume, faults=faults)
+            return train(plan, run_dir, bus, resume=self._resume, faults=faults, stop=stop)

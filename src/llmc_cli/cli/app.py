@@ -12,9 +12,10 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from llmc_cli import __version__
-from llmc_cli.cli import checkpoints, doctor, prepare, presets, resume, train
+from llmc_cli.cli import checkpoints, doctor, prepare, presets, resume, train, tune
 from llmc_cli.errors import LlmcError
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app.command(name="prepare")(prepare.prepare)
 app.command(name="doctor")(doctor.doctor)
 app.add_typer(checkpoints.app, name="checkpoints")
 app.add_typer(presets.app, name="presets")
+app.add_typer(tune.app, name="tune")
 
 
 def _version(value: bool) -> None:
@@ -54,9 +56,10 @@ def main() -> None:
     except LlmcError as exc:
         if debug:
             raise
-        err.print(f"[bold red]{exc.title}:[/] {exc.message}", soft_wrap=True)
+        # Messages are plain text: "[lora_r]" in one is a TOML table, not markup.
+        err.print(f"[bold red]{exc.title}:[/] {escape(exc.message)}", soft_wrap=True)
         if exc.hint:
-            err.print(f"[bold]Fix:[/] {exc.hint}", soft_wrap=True)
+            err.print(f"[bold]Fix:[/] {escape(exc.hint)}", soft_wrap=True)
         if getattr(exc, "report", None):
             err.print(f"[bold]Failure report:[/] {exc.report}", soft_wrap=True)
         sys.exit(exc.exit_code)
@@ -67,7 +70,7 @@ def main() -> None:
         if debug:
             raise
         err.print(
-            f"[bold red]Internal error:[/] {type(exc).__name__}: {exc}\n"
+            f"[bold red]Internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
             "This is a bug in llmc. Run again with LLMC_DEBUG=1 to see the traceback, and report it.",
             soft_wrap=True,
         )

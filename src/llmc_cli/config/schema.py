@@ -27,8 +27,8 @@ NOT_YET = {
     "compile_model": "torch.compile did not pay off on CPU (benchmarks/compile.py, a 4-layer model in bf16 with "
     "packed examples: 12 steps took 33-288 s against 15-16 s without it, compiling anew as the examples' layout "
     "changed; at best a step was 4 % faster) and is not measured on GPUs yet",
-    "enable_hyperparameter_tuning": "tuning arrives as its own command, `llmc tune`, in a later release",
-    "hyperparameter_trials": "only `llmc tune` will read it, in a later release",
+    "enable_hyperparameter_tuning": "`llmc train` does not tune; `llmc tune` does (then `llmc train --config "
+    "runs/tune-N/best.toml`)",
     "enable_distributed_training": "multi-process training from llmc arrives in a later release",
 }
 
@@ -256,10 +256,10 @@ class RunSettings(_Section):
     )
     max_skipped_batches: int = Field(10, ge=0, description="Batches recovery may skip in a run.")
     enable_hyperparameter_tuning: bool = Field(
-        False, description="Tune before training. Not available yet (true is refused): tuning arrives as `llmc tune`."
+        False, description="Tune before training. Not available (true is refused): tuning is `llmc tune`."
     )
     hyperparameter_trials: int = Field(
-        10, ge=1, description="Optuna trials when tuning. Not available yet (only the default 10 is accepted)."
+        10, ge=1, description="Trials of an `llmc tune` study when --trials is not given."
     )
     enable_distributed_training: bool = Field(
         False,
@@ -267,9 +267,7 @@ class RunSettings(_Section):
         "accelerate / torchrun itself.",
     )
 
-    _not_yet = field_validator("enable_hyperparameter_tuning", "hyperparameter_trials", "enable_distributed_training")(
-        _refuse_unavailable
-    )
+    _not_yet = field_validator("enable_hyperparameter_tuning", "enable_distributed_training")(_refuse_unavailable)
 
 
 SECTIONS: dict[str, type[_Section]] = {

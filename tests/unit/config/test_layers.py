@@ -105,8 +105,7 @@ def test_llmc_toml_in_the_working_directory_is_read_unless_another_is_named(tmp_
 
 @pytest.mark.parametrize(
     "name,value",
-    [("COMPILE_MODEL", "true"), ("ENABLE_HYPERPARAMETER_TUNING", "true"), ("HYPERPARAMETER_TRIALS", "20"),
-     ("ENABLE_DISTRIBUTED_TRAINING", "true")],
+    [("COMPILE_MODEL", "true"), ("ENABLE_HYPERPARAMETER_TUNING", "true"), ("ENABLE_DISTRIBUTED_TRAINING", "true")],
 )  # fmt: skip
 def test_keys_of_features_not_built_yet_are_refused_not_ignored(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
@@ -114,6 +113,11 @@ def test_keys_of_features_not_built_yet_are_refused_not_ignored(monkeypatch, nam
         resolve(env_layers(None))
     message = str(caught.value)
     assert f"{name.lower()} = '{value}' (from env:{name})" in message and "not available yet" in message
+
+
+def test_hyperparameter_trials_is_read_for_llmc_tune(monkeypatch):
+    monkeypatch.setenv("HYPERPARAMETER_TRIALS", "20")
+    assert resolve(env_layers(None)).config.run.hyperparameter_trials == 20
 
 
 def test_the_specifications_env_file_with_its_defaults_is_accepted(tmp_path):

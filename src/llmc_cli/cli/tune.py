@@ -1,0 +1,177 @@
+"""``llmc tune``: a hyperparameter study over llmc runs (tune/), and ``llmc tune show``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmc_cli.cli.options import ConfigOpt, DataOpt, ModelOpt, PresetOpt
+from llmc_cli.errors import ConfigError, RunInterrupted
+
+app = typer.Typer(
+    help="Search learning rate, LoRA rank/dropout, target modules, warm-up and weight decay with Optuna.",
+    no_args_is_help=False,
+)
+
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Folder that holds studies (and runs).")]
+StudyOpt = Annotated[
+    str | None, typer.Option("--study", help="Study name: a new one, or one to continue (default: the next tune-N).")
+]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option("--storage", help="An Optuna RDB URL (sqlite:///..., postgresql://...) for workers on many hosts."),
+]
+
+
+@app.callback(invoke_without_command=True)
+def tune(
+    ctx: typer.Context,
+    data: DataOpt = None,
+    model: ModelOpt = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    trials: Annotated[
+        int | None,
+        typer.Option("--trials", "-n", min=1, help="Trials in the study, in all (default: HYPERPARAMETER_TRIALS, 10)."),
+    ] = None,
+    method: Annotated[str, typer.Option("--method", help="tpe, random or grid.")] = "tpe",
+    pruner: Annotated[str, typer.Option("--pruner", help="median, hyperband, halving or none.")] = "median",
+    budget_steps: Annotated[
+        int | None, typer.Option("--budget-steps", min=1, help="Optimizer steps per trial (default: the run's plan).")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=1, help="Stop starting trials after N s.")] = None,
+    space: Annotated[Path | None, typer.Option("--space", help="A search space TOML (see the README).")] = None,
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    output: OutputOpt = Path("runs"),
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N examples.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampler.")] = 42,
+) -> None:
+    """Run a study: each trial is an llmc run under the study's folder; the best is the lowest eval loss.
+
+    Example: llmc tune --data train.jsonl --model ./my-model --preset quality --trials 20 --budget-steps 100
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from llmc_cli.cli.train import quiet_libraries
+    from llmc_cli.tune.space import default_space, load_space
+    from llmc_cli.tune.study import TrialRun, TuneSettings, open_study, run_study, study_folder
+
+    if method not in ("tpe", "random", "grid"):
+        raise ConfigError(f"--method {method} is not a search method.", hint="Use --method tpe, random or grid.")
+    if pruner not in ("median", "hyperband", "halving", "none"):
+        raise ConfigError(f"--pruner {pruner} is not a pruner.", hint="Use median, hyperband, halving or none.")
+    if data is None:
+        raise ConfigError("No training data given.", hint="Pass --data FILE.")
+    quiet_libraries()
+    console = Console()
+    overrides = {"output": output, **({"limit": limit} if limit else {})}
+    if trials is None:
+        from llmc_cli.config.layers import resolve
+        from llmc_cli.engine.plan import user_layers
+
+        layers = user_layers({"data": data, "model": model, "preset": preset}, config_file=config)
+        trials = resolve(layers).config.flat()["hyperparameter_trials"]
+    run = TrialRun(data, model, preset, overrides, config)
+    if space is not None:
+        searched = load_space(space)
+    else:
+        from llmc_cli import FineTuner
+
+        resolved = FineTuner(data, model, preset, config_file=config, env_file=None, **overrides).plan()
+        searched = default_space(resolved.resolved.config)
+    folder, name = study_folder(output, study)
+    settings = TuneSettings(trials, method, pruner, budget_steps, timeout, seed)  # type: ignore[arg-type]
+    handle = open_study(folder, name, storage, settings, searched)
+    console.print(f"Study {name} in {folder}: {settings.trials} trials, {method} with {pruner} pruning.")
+    for dimension in searched.dimensions:
+        console.print(f"  {dimension.key}: {dimension.describe()}")
+
+    def announce(number: int):
+        console.print(f"trial {number}: training")
+        return None
+
+    def ended(trial) -> None:
+        if trial.state.name == "COMPLETE":
+            outcome = f"eval loss {trial.value:.4f}"
+        elif trial.state.name == "PRUNED":
+            outcome = f"pruned after {len(trial.intermediate_values)} evaluations"
+        else:
+            outcome = trial.user_attrs.get("failure", "failed")
+        console.print(f"trial {trial.number}: {trial.state.name.lower()}, {outcome}")
+
+    try:
+        run_study(handle, folder, searched, run, settings, subscribe=announce, ended=ended)
+    except RunInterrupted:
+        _print(console, handle, folder)
+        raise RunInterrupted(
+            f"Study {name} stopped; the trial in flight is queued to run again.",
+            hint=f"Continue it with: llmc tune --study {name} --output {output} (and the same --data/--model).",
+        ) from None
+    _print(console, handle, folder)
+
+
+@app.command("show")
+def show(
+    study: Annotated[str, typer.Argument(help="The study's name (tune-3) or folder.")],
+    output: OutputOpt = Path("runs"),
+    storage: StorageOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the study as JSON.")] = False,
+) -> None:
+    """Show a study: every trial (parameters, loss, state, time) and the best."""
+    from llmc_cli.tune.study import describe, load_study
+
+    folder = Path(study) if Path(study).is_dir() else output / study
+    handle = load_study(folder, folder.name, storage)
+    if as_json:
+        print(json.dumps(describe(handle), indent=2, default=str))
+        return
+    _print(Console(), handle, folder)
+
+
+def _print(console: Console, handle, folder: Path) -> None:
+    from llmc_cli.tune.study import describe
+
+    report = describe(handle)
+    keys = list(dict.fromkeys(k for t in report["trials"] for k in t["params"]))
+    table = Table(title=f"Study {report['study']} ({folder})")
+    for column in ("#", "state", "eval loss", *keys, "time", "note"):
+        table.add_column(column, overflow="fold")
+    for t in report["trials"]:
+        value = f"{t['value']:.4f}" if t["value"] is not None else ""
+        params = [_fmt(t["params"].get(k)) for k in keys]
+        duration = f"{t['duration_s']:.0f} s" if t["duration_s"] is not None else ""
+        note = t["failure"] or (f"stopped after {t['steps_reported']} evaluations" if t["state"] == "PRUNED" else "")
+        table.add_row(str(t["number"]), t["state"], value, *params, duration, note)
+    console.print(table)
+    best = report["best"]
+    if best is None:
+        console.print("No trial has completed yet.")
+        return
+    console.print(f"Best: trial {best['number']}, eval loss {best['value']:.4f}, run {best['run_dir']}")
+    saved = folder / "best.toml"
+    try:
+        write_best(saved, best)
+        console.print(f"Its settings: {saved}. Train with them: llmc train --config {saved} --data ... --model ...")
+    except OSError as exc:
+        console.print(f"Could not write {saved}: {exc.strerror}.")
+
+
+def write_best(path: Path, best: dict) -> None:
+    """The best trial's searched values as an llmc.toml (``llmc train --config`` reads it)."""
+    from llmc_cli.durable import write_text
+
+    lines = [f"# The best trial ({best['number']}, eval loss {best['value']:.4f}) of the study in this folder."]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in best["params"].items()]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "" if value is None else str(value)

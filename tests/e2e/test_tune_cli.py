@@ -1,0 +1,43 @@
+"""``llmc tune`` as users run it: a study from a space file, ``tune show --json``, the best trial's
+settings as an llmc.toml that ``llmc train --config`` reads, and bad spaces refused with the key."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_tune_runs_a_study_shows_it_and_writes_the_best_as_a_config(llmc, tmp_path, tiny_model_dir, gsm8k_train):
+    space = tmp_path / "space.toml"
+    space.write_text("[lr]\nlow = 1e-4\nhigh = 3e-3\nlog = true\n\n[lora_r]\nchoices = [4, 8]\n")
+    runs = tmp_path / "runs"
+    common = ["--data", str(gsm8k_train), "--model", str(tiny_model_dir), "--preset", "highspeed", "--limit", "40"]
+    env = {"HYPERPARAMETER_TRIALS": "2"}  # the specification's name for --trials
+    done = llmc("tune", *common, "--method", "random", "--budget-steps", "2", "--space", str(space),
+                "--output", str(runs), cwd=tmp_path, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Study tune-1" in done.stdout and "Best: trial" in done.stdout
+
+    shown = llmc("tune", "show", "tune-1", "--output", str(runs), "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    study = json.loads(shown.stdout)
+    assert [t["state"] for t in study["trials"]] == ["COMPLETE", "COMPLETE"]
+    assert study["best"]["value"] == min(t["value"] for t in study["trials"])
+
+    best = runs / "tune-1" / "best.toml"
+    planned = llmc("train", *common, "--config", str(best), "--dry-run", "--json", "--output", str(runs), cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    config = json.loads(planned.stdout)["config"]
+    assert config["lora_r"] == {"value": study["best"]["params"]["lora_r"], "source": f"toml:{best}"}
+
+
+def test_a_bad_search_space_is_refused_with_its_key_and_the_fix(llmc, tmp_path, tiny_model_dir, gsm8k_train):
+    space = tmp_path / "space.toml"
+    space.write_text("[lora_r]\nlow = 0\nhigh = 8\n")
+    done = llmc("tune", "--data", str(gsm8k_train), "--model", str(tiny_model_dir), "--space", str(space),
+                "--output", str(tmp_path / "runs"), cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2 and "[lora_r]" in done.stderr and "Fix:" in done.stderr, done.stderr
+    space.write_text("[learning_rate]\nlow = 1e-5\nhigh = 1e-3\n")
+    done = llmc("tune", "--data", str(gsm8k_train), "--model", str(tiny_model_dir), "--space", str(space),
+                "--output", str(tmp_path / "runs"), cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2 and "not an llmc config key" in done.stderr, done.stderr
+    assert not (tmp_path / "runs").exists()  # nothing was started
