@@ -92,10 +92,14 @@ def test_saved_adapter_reproduces_the_trained_models_logits(tmp_path, tiny_model
     with torch.no_grad(), session.accelerator.autocast():  # the same mixed precision for both
         expected = trained(input_ids=ids).logits.float()
         got = reloaded(input_ids=ids).logits.float()
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
-    # The adapter changed the model (the comparison above is not trivially true).
+    # fp32: equal to rounding. bf16: the training session's attention pads packed examples to 64
+    # tokens on CPU (optimize/attention.py) where the reloaded model runs stock SDPA, so a few
+    # logits land one bf16 step apart (0.1 % of them, 0.002, in a run of this test).
+    atol = 1e-5 if session.precision == "fp32" else 4e-3
+    torch.testing.assert_close(got, expected, rtol=0, atol=atol)
+    # The adapter changed the model far more than that (the comparison above is not trivially true).
     with torch.no_grad(), session.accelerator.autocast(), reloaded.disable_adapter():
-        assert not torch.allclose(reloaded(input_ids=ids).logits.float(), expected, atol=1e-3)
+        assert (reloaded(input_ids=ids).logits.float() - expected).abs().max() > 10 * atol
 
 
 def test_a_callers_stop_request_saves_a_checkpoint_and_reports(tmp_path, tiny_model_dir, gsm8k_train):
