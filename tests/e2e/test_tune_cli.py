@@ -4,6 +4,10 @@ settings as an llmc.toml that ``llmc train --config`` reads, and bad spaces refu
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 
 
 def test_tune_runs_a_study_shows_it_and_writes_the_best_as_a_config(llmc, tmp_path, tiny_model_dir, gsm8k_train):
@@ -41,3 +45,45 @@ def test_a_bad_search_space_is_refused_with_its_key_and_the_fix(llmc, tmp_path, 
                 "--output", str(tmp_path / "runs"), cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2 and "not an llmc config key" in done.stderr, done.stderr
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_a_killed_worker_s_trial_is_queued_again_once_and_the_study_completes(
+    llmc_command, tmp_path, tiny_model_dir, gsm8k_train
+):
+    import optuna
+
+    from llmc_cli.tune.study import finished, load_study
+
+    space = tmp_path / "space.toml"
+    space.write_text("[lr]\nchoices = [1e-3, 2e-3, 3e-3, 4e-3]\n")
+    runs = tmp_path / "runs"
+    main = subprocess.Popen(
+        [*llmc_command, "tune", "--data", gsm8k_train, "--model", tiny_model_dir, "--preset", "highspeed",
+         "--limit", "40", "--trials", "4", "--method", "random", "--pruner", "none", "--budget-steps", "3",
+         "--space", space, "--workers", "2", "--study", "s", "--output", runs],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    killed = None
+    deadline = time.monotonic() + 300
+    while killed is None and time.monotonic() < deadline and main.poll() is None:
+        time.sleep(0.5)
+        if not (runs / "s" / "journal.log").exists():
+            continue
+        for trial in load_study(runs / "s", "s", None).trials:
+            worker = trial.user_attrs.get("worker")
+            if trial.state.name == "RUNNING" and worker and worker["pid"] != main.pid and trial.intermediate_values:
+                os.kill(worker["pid"], signal.SIGKILL)  # the other worker, in the middle of a trial
+                killed = trial.number
+                break
+    output, _ = main.communicate(timeout=600)
+    assert main.returncode == 0, output
+    assert killed is not None, output
+
+    study = load_study(runs / "s", "s", None)
+    trials = {t.number: t for t in study.trials}
+    stale = trials[killed]
+    assert stale.state.name == "FAIL" and "died" in stale.user_attrs["stale"]
+    reruns = [t for t in trials.values() if t.user_attrs.get("rerun_of") == killed]
+    assert len(reruns) == 1 and reruns[0].state.name == "COMPLETE" and reruns[0].params == stale.params
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials.values() if t.number != killed)
+    assert 4 <= finished(study) <= 5  # the two workers may each start a trial when one is left

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -48,6 +50,9 @@ def tune(
     space: Annotated[Path | None, typer.Option("--space", help="A search space TOML (see the README).")] = None,
     study: StudyOpt = None,
     storage: StorageOpt = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=64, help="Worker processes on this machine, this one included.")
+    ] = 1,
     output: OutputOpt = Path("runs"),
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N examples.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampler.")] = 42,
@@ -60,7 +65,7 @@ def tune(
         return
     from llmc_cli.cli.train import quiet_libraries
     from llmc_cli.tune.space import default_space, load_space
-    from llmc_cli.tune.study import TrialRun, TuneSettings, open_study, run_study, study_folder
+    from llmc_cli.tune.study import TrialRun, TuneSettings, open_study, run_study, seed_study, study_folder
 
     if method not in ("tpe", "random", "grid"):
         raise ConfigError(f"--method {method} is not a search method.", hint="Use --method tpe, random or grid.")
@@ -105,8 +110,21 @@ def tune(
             outcome = trial.user_attrs.get("failure", "failed")
         console.print(f"trial {trial.number}: {trial.state.name.lower()}, {outcome}")
 
+    argv = ["tune", "--data", data, "--trials", trials, "--method", method, "--pruner", pruner, "--study", name,
+            "--output", output, "--seed", seed]  # fmt: skip
+    for flag, value in (("--model", model), ("--preset", preset), ("--config", config), ("--space", space),
+                        ("--budget-steps", budget_steps), ("--timeout", timeout), ("--storage", storage),
+                        ("--limit", limit)):  # fmt: skip
+        if value is not None:
+            argv += [flag, value]
+    seed_study(handle, searched, run, settings)  # before other workers can see an empty study
+    helpers = [_start_worker(folder, number, argv) for number in range(1, workers)]
+    if helpers:
+        console.print(f"{len(helpers)} more worker(s): logs in {folder}/worker-N.log")
     try:
         run_study(handle, folder, searched, run, settings, subscribe=announce, ended=ended)
+        for helper in helpers:
+            helper.wait()
     except RunInterrupted:
         _print(console, handle, folder)
         raise RunInterrupted(
@@ -114,6 +132,13 @@ def tune(
             hint=f"Continue it with: llmc tune --study {name} --output {output} (and the same --data/--model).",
         ) from None
     _print(console, handle, folder)
+
+
+def _start_worker(folder: Path, number: int, argv: list) -> subprocess.Popen:
+    """Another ``llmc tune`` process on the same study, its output in ``worker-N.log``."""
+    log = (folder / f"worker-{number}.log").open("w", encoding="utf-8")
+    command = [sys.executable, "-c", "from llmc_cli.cli.app import main; main()", *map(str, argv)]
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
 @app.command("show")

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -71,7 +73,7 @@ def open_study(folder: Path, name: str, storage: str | None, settings: TuneSetti
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # llmc reports trials itself (a failure: one line)
     folder.mkdir(parents=True, exist_ok=True)
-    backend = storage or _journal(folder)
+    backend = _rdb(storage) if storage else _journal(folder)
     study = optuna.create_study(
         storage=backend,
         study_name=name,
@@ -93,9 +95,35 @@ def load_study(folder: Path, name: str, storage: str | None):
     if storage is None and not (folder / JOURNAL).is_file():
         raise ConfigError(f"No study at {folder} (no {JOURNAL}).", hint="Check the name and --output.")
     try:
-        return optuna.load_study(study_name=name, storage=storage or _journal(folder))
+        return optuna.load_study(study_name=name, storage=_rdb(storage) if storage else _journal(folder))
     except KeyError:
         raise ConfigError(f"The storage has no study named '{name}'.", hint="Check --study and --storage.") from None
+
+
+HEARTBEAT_S, GRACE_S = 60, 180
+
+
+def _rdb(url: str):
+    """An Optuna RDB storage with a heartbeat: a trial whose worker stops beating for ``GRACE_S`` is
+    failed by the next worker and queued again (Optuna's RetryHeartbeatStaleTrialCallback)."""
+    import warnings
+
+    import optuna
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+            )
+    except Exception as exc:  # sqlalchemy's errors: a bad URL, a missing driver, an unreachable server
+        raise ConfigError(
+            f"Cannot open the study storage {url}: {type(exc).__name__}: {exc}.",
+            hint="Check --storage: an SQLAlchemy URL such as sqlite:///study.db or postgresql://user@host/db.",
+        ) from None
 
 
 def _journal(folder: Path):
@@ -130,8 +158,62 @@ def _pruner(kind: Pruner):
 
 
 def finished(study) -> int:
-    """Trials that count towards ``--trials``: complete, pruned or failed, not interrupted."""
-    return sum(1 for t in study.trials if t.state.name in FINISHED and not t.user_attrs.get("interrupted"))
+    """Trials that count towards ``--trials``: complete, pruned or failed, not interrupted nor stale."""
+    return sum(
+        1
+        for t in study.trials
+        if t.state.name in FINISHED and not t.user_attrs.get("interrupted") and not t.user_attrs.get("stale")
+    )
+
+
+def worker_identity() -> dict[str, Any]:
+    """This process, as a trial records its worker: host, pid and the pid's start time (pids are reused)."""
+    import psutil
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time()}
+
+
+def _alive(worker: dict[str, Any]) -> bool:
+    import psutil
+
+    try:
+        process = psutil.Process(worker["pid"])
+        same = abs(process.create_time() - worker["started"]) < 1.0
+        return same and process.status() != psutil.STATUS_ZOMBIE  # a killed child not yet waited for
+    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, TypeError):
+        return False
+
+
+def reap_stale(study) -> list[int]:
+    """Fail the running trials whose worker on this host has died, and queue each one again, once.
+
+    A journal file has no heartbeat, so a trial records its worker (host, pid, start time); a
+    worker that finds a trial of its own host whose process is gone marks it failed ("stale") and
+    re-queues its parameters. Two workers may reap the same trial at once: each writes its name
+    first, and only the one whose name the failed trial keeps (the log's order decides) re-queues
+    it. Workers on other hosts are left alone: an RDB storage's heartbeat covers those. Returns
+    the numbers of the trials this worker re-queued.
+    """
+    import uuid
+
+    from optuna.trial import TrialState
+
+    me, host, storage = uuid.uuid4().hex, socket.gethostname(), study._storage
+    requeued = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker")
+        if not worker or worker.get("host") != host or _alive(worker):
+            continue
+        storage.set_trial_user_attr(trial._trial_id, "stale", f"its worker (pid {worker['pid']}) died")
+        storage.set_trial_user_attr(trial._trial_id, "reaped_by", me)
+        try:
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except Exception:  # another worker finished it first (optuna's UpdateFinishedTrialError)
+            continue
+        if storage.get_trial(trial._trial_id).user_attrs.get("reaped_by") == me:
+            study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+            requeued.append(trial.number)
+    return requeued
 
 
 def run_study(
@@ -145,8 +227,8 @@ def run_study(
     Raises:
         RunInterrupted: Ctrl-C / SIGTERM; the trial in flight is re-queued for the next ``llmc tune``.
     """
-    if not study.trials and settings.method != "grid":  # a grid visits every point anyway
-        _enqueue_start(study, space, run, settings)
+    seed_study(study, space, run, settings)
+    reap_stale(study)
     left = settings.trials - finished(study)
     if left <= 0:
         return
@@ -159,10 +241,14 @@ def run_study(
 
     objective = _Objective(folder, space, run, settings, subscribe)
     study.optimize(objective, timeout=settings.timeout_s, callbacks=[enough], catch=(TrainingError,))
+    reap_stale(study)  # a worker that died while this one ran its last trial
 
 
-def _enqueue_start(study, space: Space, run: TrialRun, settings: TuneSettings) -> None:
-    """Trial 0: the config ``llmc train`` would run, for every searched key the space holds."""
+def seed_study(study, space: Space, run: TrialRun, settings: TuneSettings) -> None:
+    """Queue trial 0 in a new study: the config ``llmc train`` would run, for every searched key the
+    space holds (a grid visits every point anyway). Call it before starting other workers."""
+    if study.trials or settings.method == "grid":
+        return
     from llmc_cli import FineTuner
 
     config = FineTuner(run.data, run.model, run.preset, config_file=run.config_file, env_file=None,
@@ -193,6 +279,8 @@ class _Objective:
         from llmc_cli.engine.recovery import free_memory
         from llmc_cli.events import EvalEnded, StepEnded
 
+        trial.set_user_attr("worker", worker_identity())
+        reap_stale(trial.study)
         params = self.space.suggest(trial)
         values = dict(params)
         if self.alpha_ratio is not None:
