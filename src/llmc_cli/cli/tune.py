@@ -174,6 +174,10 @@ def _print(console: Console, handle, folder: Path) -> None:
         note = t["failure"] or (f"stopped after {t['steps_reported']} evaluations" if t["state"] == "PRUNED" else "")
         table.add_row(str(t["number"]), t["state"], value, *params, duration, note)
     console.print(table)
+    if report["importances"]:
+        shares = ", ".join(f"{key} {share:.0%}" for key, share in report["importances"].items())
+        console.print(f"What mattered to the best trials (PED-ANOVA): {shares}")
+    _history(console, report["trials"])
     best = report["best"]
     if best is None:
         console.print("No trial has completed yet.")
@@ -194,6 +198,26 @@ def write_best(path: Path, best: dict) -> None:
     lines = [f"# The best trial ({best['number']}, eval loss {best['value']:.4f}) of the study in this folder."]
     lines += [f"{key} = {json.dumps(value)}" for key, value in best["params"].items()]
     write_text(path, "\n".join(lines) + "\n")
+
+
+def _history(console: Console, trials: list[dict]) -> None:
+    """The optimisation history: each complete trial's eval loss and the best so far, in the terminal."""
+    points = [(t["number"], t["value"]) for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
+    if len(points) < 2:
+        return
+    import plotext
+    from rich.text import Text
+
+    numbers, values = zip(*points, strict=True)
+    best = [min(values[: i + 1]) for i in range(len(values))]
+    figure = plotext.figure
+    figure.clear()
+    figure.plot_size(min(console.width, 80), 15)
+    figure.draw(figure.signal(list(numbers), list(values), marker="dot").label("eval loss"))
+    figure.draw(figure.signal(list(numbers), best).lines().label("best so far"))
+    figure.title("optimisation history")
+    figure.label("trial", "x")
+    console.print(Text.from_ansi(str(figure.build())))  # colours only where the console has them
 
 
 def _fmt(value) -> str:
