@@ -65,7 +65,15 @@ def tune(
         return
     from llmc_cli.cli.train import quiet_libraries
     from llmc_cli.tune.space import default_space, load_space
-    from llmc_cli.tune.study import TrialRun, TuneSettings, open_study, run_study, seed_study, study_folder
+    from llmc_cli.tune.study import (
+        TrialRun,
+        TuneSettings,
+        open_study,
+        resolved_config,
+        run_study,
+        seed_study,
+        study_folder,
+    )
 
     if method not in ("tpe", "random", "grid"):
         raise ConfigError(f"--method {method} is not a search method.", hint="Use --method tpe, random or grid.")
@@ -83,15 +91,9 @@ def tune(
         layers = user_layers({"data": data, "model": model, "preset": preset}, config_file=config)
         trials = resolve(layers).config.flat()["hyperparameter_trials"]
     run = TrialRun(data, model, preset, overrides, config)
-    if space is not None:
-        searched = load_space(space)
-    else:
-        from llmc_cli import FineTuner
-
-        resolved = FineTuner(data, model, preset, config_file=config, env_file=None, **overrides).plan()
-        searched = default_space(resolved.resolved.config)
-    folder, name = study_folder(output, study)
     settings = TuneSettings(trials, method, pruner, budget_steps, timeout, seed)  # type: ignore[arg-type]
+    searched = load_space(space) if space is not None else default_space(resolved_config(run, settings))
+    folder, name = study_folder(output, study)
     handle = open_study(folder, name, storage, settings, searched)
     console.print(f"Study {name} in {folder}: {settings.trials} trials, {method} with {pruner} pruning.")
     for dimension in searched.dimensions:

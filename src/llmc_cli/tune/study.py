@@ -249,12 +249,18 @@ def seed_study(study, space: Space, run: TrialRun, settings: TuneSettings) -> No
     space holds (a grid visits every point anyway). Call it before starting other workers."""
     if study.trials or settings.method == "grid":
         return
+    start = space.start(resolved_config(run, settings))
+    study.enqueue_trial(start, user_attrs={"start": "the resolved config (preset and data rules)"})
+
+
+def resolved_config(run: TrialRun, settings: TuneSettings):
+    """The config ``llmc train`` would run with the study's budget (preset and data rules applied)."""
     from llmc_cli import FineTuner
 
-    config = FineTuner(run.data, run.model, run.preset, config_file=run.config_file, env_file=None,
-                       **run.overrides).plan().resolved.config  # fmt: skip
-    start = space.start(config)
-    study.enqueue_trial(start, user_attrs={"start": "the resolved config (preset and data rules)"})
+    budget = {"max_steps": settings.budget_steps} if settings.budget_steps else {}
+    overrides = {**run.overrides, **budget}
+    tuner = FineTuner(run.data, run.model, run.preset, config_file=run.config_file, env_file=None, **overrides)
+    return tuner.plan().resolved.config
 
 
 class _Objective:
@@ -265,14 +271,12 @@ class _Objective:
     def _alpha_ratio(self) -> float | None:
         if "lora_r" not in self.space.keys or "lora_alpha" in self.space.keys:
             return None
-        from llmc_cli import FineTuner
-
-        lora = FineTuner(self.run.data, self.run.model, self.run.preset, config_file=self.run.config_file,
-                         env_file=None, **self.run.overrides).plan().resolved.config.lora  # fmt: skip
+        lora = resolved_config(self.run, self.settings).lora
         return lora.lora_alpha / lora.lora_r
 
     def __call__(self, trial) -> float:
         import optuna
+        import psutil
 
         from llmc_cli import FineTuner
         from llmc_cli.engine.interrupt import StopRequest
@@ -324,6 +328,7 @@ class _Objective:
             del tuner
             gc.collect()
             free_memory()
+            trial.set_user_attr("rss_after_mb", round(psutil.Process().memory_info().rss / 2**20, 1))
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
         trial.set_user_attr("tokens", seen["tokens"])
         value = summary.get("final_eval_loss")
@@ -349,6 +354,7 @@ def describe(study) -> dict[str, Any]:
                 "duration_s": duration,
                 "steps_reported": len(t.intermediate_values),
                 "tokens": t.user_attrs.get("tokens"),
+                "rss_after_mb": t.user_attrs.get("rss_after_mb"),  # this worker's RSS once the trial was freed
                 "failure": t.user_attrs.get("failure"),
                 "run_dir": t.user_attrs.get("run_dir"),
             }
