@@ -28,6 +28,7 @@ from llmc_cli.tune.space import Space
 Method = Literal["tpe", "random", "grid"]
 Pruner = Literal["median", "hyperband", "halving", "none"]
 JOURNAL = "journal.log"
+EVALUATIONS = 4  # per trial with a step budget, for the pruner (unless eval_every is set)
 # Trial states that count towards --trials (an interrupted trial does not: it runs again).
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
@@ -293,6 +294,9 @@ class _Objective:
         overrides.pop("output", None)  # a trial's run goes under the study's folder
         if self.settings.budget_steps:
             overrides["max_steps"] = self.settings.budget_steps
+            # The pruner needs evaluations along the way: a run's own interval can leave only the
+            # last one when the validation set is large next to a short budget.
+            overrides.setdefault("eval_every", max(1, self.settings.budget_steps // EVALUATIONS))
         stop = StopRequest()
         seen = {"tokens": 0}
 
