@@ -26,6 +26,8 @@ def test_tune_runs_a_study_shows_it_and_writes_the_best_as_a_config(llmc, tmp_pa
     study = json.loads(shown.stdout)
     assert [t["state"] for t in study["trials"]] == ["COMPLETE", "COMPLETE"]
     assert study["best"]["value"] == min(t["value"] for t in study["trials"])
+    trial = json.loads((runs / "tune-1" / "trials" / "trial-0" / "config.json").read_text())
+    assert trial["config"]["training"]["eval_every"] == 1 and trial["sources"]["eval_every"] == "cli"  # for the pruner
 
     best = runs / "tune-1" / "best.toml"
     planned = llmc("train", *common, "--config", str(best), "--dry-run", "--json", "--output", str(runs), cwd=tmp_path)
