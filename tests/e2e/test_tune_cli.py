@@ -73,7 +73,8 @@ def test_a_killed_worker_s_trial_is_queued_again_once_and_the_study_completes(
             continue
         for trial in load_study(runs / "s", "s", None).trials:
             worker = trial.user_attrs.get("worker")
-            if trial.state.name == "RUNNING" and worker and worker["pid"] != main.pid and trial.intermediate_values:
+            mid_trial = len(trial.intermediate_values) == 1  # after its first of three evaluations
+            if trial.state.name == "RUNNING" and worker and worker["pid"] != main.pid and mid_trial:
                 os.kill(worker["pid"], signal.SIGKILL)  # the other worker, in the middle of a trial
                 killed = trial.number
                 break
@@ -88,4 +89,5 @@ def test_a_killed_worker_s_trial_is_queued_again_once_and_the_study_completes(
     reruns = [t for t in trials.values() if t.user_attrs.get("rerun_of") == killed]
     assert len(reruns) == 1 and reruns[0].state.name == "COMPLETE" and reruns[0].params == stale.params
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials.values() if t.number != killed)
-    assert 4 <= finished(study) <= 5  # the two workers may each start a trial when one is left
+    # Each worker may start a trial when one is left, and the re-run may come after the 4th.
+    assert 4 <= finished(study) <= 6

@@ -127,6 +127,8 @@ def tune(
         run_study(handle, folder, searched, run, settings, subscribe=announce, ended=ended)
         for helper in helpers:
             helper.wait()
+        if helpers:  # a helper that died after this worker's last trial left its trial to re-run
+            run_study(handle, folder, searched, run, settings, subscribe=announce, ended=ended)
     except RunInterrupted:
         _print(console, handle, folder)
         raise RunInterrupted(

@@ -230,19 +230,34 @@ def run_study(
     """
     seed_study(study, space, run, settings)
     reap_stale(study)
-    left = settings.trials - finished(study)
-    if left <= 0:
-        return
 
-    def enough(study, trial) -> None:
+    def report(study, trial) -> None:
         if ended is not None:
             ended(trial)
+
+    def enough(study, trial) -> None:
+        report(study, trial)
         if finished(study) >= settings.trials:
             study.stop()
 
-    objective = _Objective(folder, space, run, settings, subscribe)
-    study.optimize(objective, timeout=settings.timeout_s, callbacks=[enough], catch=(TrainingError,))
-    reap_stale(study)  # a worker that died while this one ran its last trial
+    objective = None
+    if finished(study) < settings.trials:
+        objective = _Objective(folder, space, run, settings, subscribe)
+        study.optimize(objective, timeout=settings.timeout_s, callbacks=[enough], catch=(TrainingError,))
+    # A worker that died while this one ran its last trials: its trial runs here, past --trials if need be.
+    reap_stale(study)
+    while pending := _pending_reruns(study):
+        objective = objective or _Objective(folder, space, run, settings, subscribe)
+        study.optimize(objective, n_trials=len(pending), callbacks=[report], catch=(TrainingError,))
+        reap_stale(study)
+
+
+def _pending_reruns(study) -> list:
+    """Queued trials that re-run a stale one (a dead worker's), not yet started."""
+    from optuna.trial import TrialState
+
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return [t for t in waiting if "rerun_of" in t.user_attrs and not t.user_attrs.get("interrupted_rerun")]
 
 
 def seed_study(study, space: Space, run: TrialRun, settings: TuneSettings) -> None:
@@ -322,7 +337,7 @@ class _Objective:
             if stop.reason == "pruned":
                 raise optuna.TrialPruned() from None
             trial.set_user_attr("interrupted", True)
-            trial.study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+            trial.study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number, "interrupted_rerun": True})
             raise
         except TrainingError as exc:
             trial.set_user_attr("failure", f"{exc.title}: {exc.message}")
