@@ -13,8 +13,9 @@ import pytest
 from llmc_cli.errors import RunInterrupted
 from llmc_cli.events import StepEnded
 from llmc_cli.faults import Faults, parse
+from llmc_cli.tune.report import describe
 from llmc_cli.tune.space import Dimension, Space
-from llmc_cli.tune.study import TrialRun, TuneSettings, describe, finished, open_study, run_study
+from llmc_cli.tune.study import TrialRun, TuneSettings, finished, open_study, run_study
 
 OPTS = dict(limit=60, max_length=128, eval_every=1, checkpoint_interval=1000, lora_dropout=0.0)
 

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from llmc_cli.cli.tune import _print
 from llmc_cli.config.layers import resolve, toml_layer
-from llmc_cli.tune.study import describe, importances
+from llmc_cli.tune.report import describe, importances
 
 
 def study_with_trials() -> optuna.Study:

@@ -153,7 +153,8 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print the study as JSON.")] = False,
 ) -> None:
     """Show a study: every trial (parameters, loss, state, time) and the best."""
-    from llmc_cli.tune.study import describe, load_study
+    from llmc_cli.tune.report import describe
+    from llmc_cli.tune.study import load_study
 
     folder = Path(study) if Path(study).is_dir() else output / study
     handle = load_study(folder, folder.name, storage)
@@ -164,7 +165,7 @@ def show(
 
 
 def _print(console: Console, handle, folder: Path) -> None:
-    from llmc_cli.tune.study import describe
+    from llmc_cli.tune.report import describe
 
     report = describe(handle)
     keys = list(dict.fromkeys(k for t in report["trials"] for k in t["params"]))

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import re
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from llmc_cli.errors import ConfigError, RunInterrupted, TrainingError
 from llmc_cli.tune.space import Space
+from llmc_cli.tune.workers import pending_reruns, reap_stale, worker_identity
 
 Method = Literal["tpe", "random", "grid"]
 Pruner = Literal["median", "hyperband", "halving", "none"]
@@ -167,56 +166,6 @@ def finished(study) -> int:
     )
 
 
-def worker_identity() -> dict[str, Any]:
-    """This process, as a trial records its worker: host, pid and the pid's start time (pids are reused)."""
-    import psutil
-
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time()}
-
-
-def _alive(worker: dict[str, Any]) -> bool:
-    import psutil
-
-    try:
-        process = psutil.Process(worker["pid"])
-        same = abs(process.create_time() - worker["started"]) < 1.0
-        return same and process.status() != psutil.STATUS_ZOMBIE  # a killed child not yet waited for
-    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, TypeError):
-        return False
-
-
-def reap_stale(study) -> list[int]:
-    """Fail the running trials whose worker on this host has died, and queue each one again, once.
-
-    A journal file has no heartbeat, so a trial records its worker (host, pid, start time); a
-    worker that finds a trial of its own host whose process is gone marks it failed ("stale") and
-    re-queues its parameters. Two workers may reap the same trial at once: each writes its name
-    first, and only the one whose name the failed trial keeps (the log's order decides) re-queues
-    it. Workers on other hosts are left alone: an RDB storage's heartbeat covers those. Returns
-    the numbers of the trials this worker re-queued.
-    """
-    import uuid
-
-    from optuna.trial import TrialState
-
-    me, host, storage = uuid.uuid4().hex, socket.gethostname(), study._storage
-    requeued = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get("worker")
-        if not worker or worker.get("host") != host or _alive(worker):
-            continue
-        storage.set_trial_user_attr(trial._trial_id, "stale", f"its worker (pid {worker['pid']}) died")
-        storage.set_trial_user_attr(trial._trial_id, "reaped_by", me)
-        try:
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except Exception:  # another worker finished it first (optuna's UpdateFinishedTrialError)
-            continue
-        if storage.get_trial(trial._trial_id).user_attrs.get("reaped_by") == me:
-            study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
-            requeued.append(trial.number)
-    return requeued
-
-
 def run_study(
     study, folder: Path, space: Space, run: TrialRun, settings: TuneSettings, subscribe=None, ended=None
 ) -> None:
@@ -246,18 +195,10 @@ def run_study(
         study.optimize(objective, timeout=settings.timeout_s, callbacks=[enough], catch=(TrainingError,))
     # A worker that died while this one ran its last trials: its trial runs here, past --trials if need be.
     reap_stale(study)
-    while pending := _pending_reruns(study):
+    while pending := pending_reruns(study):
         objective = objective or _Objective(folder, space, run, settings, subscribe)
         study.optimize(objective, n_trials=len(pending), callbacks=[report], catch=(TrainingError,))
         reap_stale(study)
-
-
-def _pending_reruns(study) -> list:
-    """Queued trials that re-run a stale one (a dead worker's), not yet started."""
-    from optuna.trial import TrialState
-
-    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    return [t for t in waiting if "rerun_of" in t.user_attrs and not t.user_attrs.get("interrupted_rerun")]
 
 
 def seed_study(study, space: Space, run: TrialRun, settings: TuneSettings) -> None:
@@ -357,57 +298,3 @@ class _Objective:
                 hint="Keep a validation set (do not pass --val-split 0).",
             )
         return float(value)
-
-
-def describe(study) -> dict[str, Any]:
-    """The study as JSON: every trial (Optuna's state names) and the best."""
-    trials = []
-    for t in study.trials:
-        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
-        trials.append(
-            {
-                "number": t.number,
-                "state": t.state.name,
-                "value": t.value,
-                "params": t.params,
-                "duration_s": duration,
-                "steps_reported": len(t.intermediate_values),
-                "tokens": t.user_attrs.get("tokens"),
-                "rss_after_mb": t.user_attrs.get("rss_after_mb"),  # this worker's RSS once the trial was freed
-                "failure": t.user_attrs.get("failure"),
-                "run_dir": t.user_attrs.get("run_dir"),
-            }
-        )
-    complete = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
-    best = min(complete, key=lambda t: t["value"]) if complete else None
-    return {
-        "study": study.study_name,
-        "space": study.user_attrs.get("space"),
-        "trials": trials,
-        "best": best,
-        "importances": importances(study),
-    }
-
-
-def importances(study) -> dict[str, float] | None:
-    """Each searched parameter's importance to reaching the best eval losses, normalised to sum to 1:
-    Optuna's PED-ANOVA (deterministic, no scikit-learn; fANOVA would need it), over the trials in the
-    best fifth, or best two when fewer than ten. None with fewer than 3 complete trials."""
-    import warnings
-
-    import optuna
-    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
-    from optuna.trial import TrialState
-
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(complete) < 3:
-        return None
-    evaluator = PedAnovaImportanceEvaluator(target_quantile=max(0.2, 2 / len(complete)))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            found = get_param_importances(study, evaluator=evaluator)
-    except (ValueError, RuntimeError):  # e.g. a parameter that never varied
-        return None
-    return {key: round(value, 4) for key, value in found.items()}
