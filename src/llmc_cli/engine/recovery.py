@@ -22,6 +22,7 @@ and survives rollbacks, so a resumed or rolled-back run keeps what recovery lear
 
 from __future__ import annotations
 
+import ctypes
 import gc
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -288,6 +289,22 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def release_memory() -> bool:
+    """Free what a finished run left and hand glibc's free heap pages back to the system.
+
+    Freed tensors go back to malloc's arenas, not to the system: after a SmolLM2 trial the
+    process kept 2.1 GB RSS, and 2.9 GB after ten (``llmc tune``); with ``malloc_trim`` 0.5-0.7 GB.
+    False where the C library has no ``malloc_trim`` (not glibc).
+    """
+    free_memory()
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
 
 
 def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:

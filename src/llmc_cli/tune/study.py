@@ -13,7 +13,6 @@ worse than what ``llmc train`` would have run.
 
 from __future__ import annotations
 
-import gc
 import json
 import re
 from dataclasses import dataclass, field
@@ -237,7 +236,7 @@ class _Objective:
 
         from llmc_cli import FineTuner
         from llmc_cli.engine.interrupt import StopRequest
-        from llmc_cli.engine.recovery import free_memory
+        from llmc_cli.engine.recovery import release_memory
         from llmc_cli.events import EvalEnded, StepEnded
 
         trial.set_user_attr("worker", worker_identity())
@@ -286,8 +285,7 @@ class _Objective:
             raise
         finally:
             del tuner
-            gc.collect()
-            free_memory()
+            release_memory()
             trial.set_user_attr("rss_after_mb", round(psutil.Process().memory_info().rss / 2**20, 1))
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
         trial.set_user_attr("tokens", seen["tokens"])
