@@ -79,6 +79,44 @@ class FineTuner:
         tuner._plan = plan_resume(tuner._resume)
         return tuner
 
+    @classmethod
+    def from_study(
+        cls,
+        study: str | Path,
+        data_path: str | Path | None = None,
+        model: str | None = None,
+        preset: str | None = None,
+        *,
+        storage: str | None = None,
+        config_file: str | Path | None = None,
+        env_file: str | Path | None = ".env",
+        faults: Faults | None = None,
+        **overrides: Any,
+    ) -> FineTuner:
+        """A full run with the best trial of an ``llmc tune`` study: the study's data, model, preset,
+        config file and limit with the trial's values (searched and derived) on top, without the
+        study's per-trial step budget. Arguments and overrides replace what the study used.
+
+        Args:
+            study: The study's name (under ``output``, default ``runs``) or its folder.
+            storage: The Optuna RDB URL the study lives in, if not its folder's journal.
+
+        Raises:
+            ConfigError: no such study, or no complete trial in it.
+        """
+        from llmc_cli.tune.best import find_best
+
+        best = find_best(study, Path(overrides.get("output") or "runs"), storage)
+        tuner = cls.__new__(cls)
+        flags = {"data": data_path, "model": model, "preset": preset, **overrides}
+        tuner._layers = best.layers(
+            flags,
+            config_file=Path(config_file) if config_file is not None else None,
+            env_file=Path(env_file) if env_file is not None else None,
+        )
+        tuner._subscribers, tuner._plan, tuner._resume, tuner._faults = [], None, None, faults
+        return tuner
+
     @property
     def resume_target(self) -> ResumeTarget | None:
         """The run and checkpoint a resumed tuner continues from (None for a new run)."""

@@ -29,11 +29,29 @@ def test_tune_runs_a_study_shows_it_and_writes_the_best_as_a_config(llmc, tmp_pa
     trial = json.loads((runs / "tune-1" / "trials" / "trial-0" / "config.json").read_text())
     assert trial["config"]["training"]["eval_every"] == 1 and trial["sources"]["eval_every"] == "cli"  # for the pruner
 
-    best = runs / "tune-1" / "best.toml"
-    planned = llmc("train", *common, "--config", str(best), "--dry-run", "--json", "--output", str(runs), cwd=tmp_path)
+    rank = study["best"]["params"]["lora_r"]
+    best = runs / "tune-1" / "best.toml"  # self-contained: model, preset and limit with the values
+    planned = llmc("train", "--data", str(gsm8k_train), "--config", str(best), "--dry-run", "--json",
+                   "--output", str(runs), cwd=tmp_path)  # fmt: skip
     assert planned.returncode == 0, planned.stderr
     config = json.loads(planned.stdout)["config"]
-    assert config["lora_r"] == {"value": study["best"]["params"]["lora_r"], "source": f"toml:{best}"}
+    assert config["lora_r"] == {"value": rank, "source": f"toml:{best}"}
+    assert config["lora_alpha"]["value"] == 2 * rank and config["limit"]["value"] == 40  # alpha as the trial had it
+
+    # The full run with the best trial: the study's data, model, preset and limit, not its 2-step budget.
+    again = llmc("train", "--from-study", "tune-1", "--output", str(runs), "--dry-run", "--json", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    config = json.loads(again.stdout)["config"]
+    label = f"study:tune-1#{study['best']['number']}"
+    assert config["lora_r"] == {"value": rank, "source": label} and config["lora_alpha"]["value"] == 2 * rank
+    assert config["data"]["source"] == label and config["limit"]["value"] == 40 and config["max_steps"]["value"] != 2
+
+    exported = tmp_path / "mine.toml"
+    shown = llmc("tune", "best", "tune-1", "--output", str(runs), "--export", str(exported), cwd=tmp_path)
+    settings = lambda path: [line for line in path.read_text().splitlines() if not line.startswith("#")]  # noqa: E731
+    assert shown.returncode == 0 and f"lora_r = {rank}" in shown.stdout and settings(exported) == settings(best)
+    refused = llmc("tune", "best", "tune-1", "--output", str(runs), "--export", str(exported), cwd=tmp_path)
+    assert refused.returncode != 0 and "already exists" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_a_bad_search_space_is_refused_with_its_key_and_the_fix(llmc, tmp_path, tiny_model_dir, gsm8k_train):

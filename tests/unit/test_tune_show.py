@@ -6,10 +6,13 @@ from __future__ import annotations
 import io
 
 import optuna
+import pytest
 from rich.console import Console
 
 from llmc_cli.cli.tune import _print
 from llmc_cli.config.layers import resolve, toml_layer
+from llmc_cli.errors import ConfigError
+from llmc_cli.tune.best import best_of
 from llmc_cli.tune.report import describe, importances
 
 
@@ -21,7 +24,7 @@ def study_with_trials() -> optuna.Study:
         study.add_trial(
             optuna.trial.create_trial(
                 params={"lr": lr, "lora_r": rank}, distributions=space, value=2.0 - 100 * lr,  # only lr matters
-                user_attrs={"tokens": 1000},
+                user_attrs={"tokens": 1000, "values": {"lr": lr, "lora_r": rank, "lora_alpha": 2.0 * rank}},
             )
         )  # fmt: skip
     study.add_trial(optuna.trial.create_trial(params={"lr": 1e-5}, distributions={"lr": space["lr"]},
@@ -45,4 +48,13 @@ def test_show_prints_the_trials_what_mattered_the_history_and_writes_the_best(tm
     assert "Best: trial 1" in text
 
     best = resolve([toml_layer(tmp_path / "best.toml")]).config
-    assert (best.training.lr, best.lora.lora_r) == (3e-3, 8)
+    assert (best.training.lr, best.lora.lora_r, best.lora.lora_alpha) == (3e-3, 8, 16)  # the derived alpha too
+
+
+def test_the_best_of_a_study_without_a_complete_trial_is_a_clear_error():
+    study = optuna.create_study(study_name="early")
+    study.add_trial(optuna.trial.create_trial(params={"lr": 1e-5}, state=optuna.trial.TrialState.PRUNED,
+                    distributions={"lr": optuna.distributions.FloatDistribution(1e-6, 1e-2)}))  # fmt: skip
+    with pytest.raises(ConfigError, match="early has no complete trial") as error:
+        best_of(study)
+    assert "llmc tune --study early" in error.value.hint

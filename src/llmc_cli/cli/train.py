@@ -29,6 +29,13 @@ def train(
     model: ModelOpt = None,
     preset: PresetOpt = None,
     config: ConfigOpt = None,
+    from_study: Annotated[
+        str | None,
+        typer.Option("--from-study", help="Train with the best trial of an llmc tune study (its name or folder)."),
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option("--storage", help="With --from-study: the study's Optuna RDB URL.")
+    ] = None,
     demo: Annotated[
         bool, typer.Option("--demo", help="Train a locally built demo model on bundled data (no download).")
     ] = False,
@@ -79,6 +86,8 @@ def train(
       llmc train --data train.jsonl --model ./TinyLlama-1.1B-Chat --preset highspeed
 
       llmc train --data chat.jsonl --model qwen --preset bestaccuracy --quantize 4bit --merge
+
+      llmc train --from-study tune-3   (the best trial of llmc tune's study, as a full run)
     """
     flags = config_flags(locals())  # before any other local exists
     console = Console()
@@ -88,7 +97,14 @@ def train(
 
     if as_json and not dry_run:
         raise typer.BadParameter("--json goes with --dry-run.", param_hint="--json")
-    tuner = FineTuner(config_file=config, demo=demo, **flags)
+    if from_study is not None:
+        if demo:
+            raise typer.BadParameter("--demo and --from-study exclude each other.", param_hint="--from-study")
+        tuner = FineTuner.from_study(from_study, storage=storage, config_file=config, **flags)
+    else:
+        if storage is not None:
+            raise typer.BadParameter("--storage goes with --from-study.", param_hint="--storage")
+        tuner = FineTuner(config_file=config, demo=demo, **flags)
     with console.status("Checking configuration, data and model..."):
         tuner.plan()
     if dry_run:

@@ -64,6 +64,7 @@ def tune(
     if ctx.invoked_subcommand is not None:
         return
     from llmc_cli.cli.train import quiet_libraries
+    from llmc_cli.tune.best import record_base
     from llmc_cli.tune.space import default_space, load_space
     from llmc_cli.tune.study import (
         TrialRun,
@@ -95,6 +96,7 @@ def tune(
     searched = load_space(space) if space is not None else default_space(resolved_config(run, settings))
     folder, name = study_folder(output, study)
     handle = open_study(folder, name, storage, settings, searched)
+    record_base(handle, data, model, preset, config, overrides)
     console.print(f"Study {name} in {folder}: {settings.trials} trials, {method} with {pruner} pruning.")
     for dimension in searched.dimensions:
         console.print(f"  {dimension.key}: {dimension.describe()}")
@@ -165,6 +167,7 @@ def show(
 
 
 def _print(console: Console, handle, folder: Path) -> None:
+    from llmc_cli.tune.best import best_of, export
     from llmc_cli.tune.report import describe
 
     report = describe(handle)
@@ -190,19 +193,47 @@ def _print(console: Console, handle, folder: Path) -> None:
     console.print(f"Best: trial {best['number']}, eval loss {best['value']:.4f}, run {best['run_dir']}")
     saved = folder / "best.toml"
     try:
-        write_best(saved, best)
-        console.print(f"Its settings: {saved}. Train with them: llmc train --config {saved} --data ... --model ...")
+        export(saved, best_of(handle))
+        console.print(f"Its settings: {saved}. Train with them: llmc train --from-study {report['study']}"
+                      f" (or --config {saved} --data FILE)")  # fmt: skip
     except OSError as exc:
         console.print(f"Could not write {saved}: {exc.strerror}.")
+    except ConfigError as exc:  # the study's config file is gone: --from-study says so too
+        console.print(f"Could not write {saved}: {exc.message}")
 
 
-def write_best(path: Path, best: dict) -> None:
-    """The best trial's searched values as an llmc.toml (``llmc train --config`` reads it)."""
-    from llmc_cli.durable import write_text
+@app.command("best")
+def best(
+    study: Annotated[str, typer.Argument(help="The study's name (tune-3) or folder.")],
+    output: OutputOpt = Path("runs"),
+    storage: StorageOpt = None,
+    export_to: Annotated[
+        Path | None, typer.Option("--export", help="Write the settings as a self-contained llmc.toml here.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the best trial as JSON.")] = False,
+) -> None:
+    """The study's best trial: its values, what it shared with the others, and how to train with it."""
+    from llmc_cli.tune.best import export, find_best
 
-    lines = [f"# The best trial ({best['number']}, eval loss {best['value']:.4f}) of the study in this folder."]
-    lines += [f"{key} = {json.dumps(value)}" for key, value in best["params"].items()]
-    write_text(path, "\n".join(lines) + "\n")
+    found = find_best(study, output, storage)
+    if export_to is not None:
+        if export_to.exists():
+            raise ConfigError(f"{export_to} already exists.", hint="Name a new file, or move the old one away.")
+        export(export_to, found)
+    if as_json:
+        fields = {"study": found.study, "number": found.number, "value": found.value}
+        print(json.dumps({**fields, "values": found.values, "base": found.base}, indent=2, default=str))
+        return
+    console = Console()
+    console.print(f"Study {found.study}: the best trial is {found.number}, eval loss {found.value:.4f}.")
+    for key, value in found.values.items():
+        console.print(f"  {key} = {_fmt(value)}")
+    for key in ("data", "model", "preset", "config_file"):
+        if found.base.get(key) is not None:
+            console.print(f"  (shared) {key}: {found.base[key]}")
+    if export_to is not None:
+        console.print(f"Written to {export_to}: llmc train --config {export_to} --data FILE")
+    console.print(f"Train with it: llmc train --from-study {found.study} --output {output}")
 
 
 def _history(console: Console, trials: list[dict]) -> None:

@@ -245,6 +245,7 @@ class _Objective:
         values = dict(params)
         if self.alpha_ratio is not None:
             values["lora_alpha"] = params["lora_r"] * self.alpha_ratio
+        trial.set_user_attr("values", values)  # what it trained with, derived values included
         overrides = {**self.run.overrides, **values}
         overrides.pop("output", None)  # a trial's run goes under the study's folder
         if self.settings.budget_steps:
