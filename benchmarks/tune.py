@@ -10,12 +10,13 @@ Every run is the `quality` preset with `--max-length 256`, `batch_size 2`, `grad
 config file, so trial 0, the study's trials and the retraining share them).
 
 1. Two studies of `--trials` trials, `--budget-steps` optimizer steps each, TPE with the same
-   sampler seed: one with median pruning, one without (`llmc tune` processes; wall time measured).
+   sampler seed: one with `--pruner` (median by default), one without (`llmc tune` processes; wall time measured).
    Compute is the training tokens of every trial (pruned trials stop early).
-2. Quality: the pruned study's best configuration and trial 0's (the preset as llmc resolves it)
-   are trained again with `llmc train` at the same budget for each `--seeds` training seed, and each
-   final adapter is judged by the answer-token loss on the test examples, computed without llmc's
-   code (`divergence.held_out_loss`: the tokenizer, `question + "\\n"` as the prompt, no template).
+2. Quality: the pruned study's best configuration (`llmc train --from-study`) and trial 0's (the
+   preset as llmc resolves it) are trained again with `llmc train` at the same budget for each
+   `--seeds` training seed, and each final adapter is judged by the answer-token loss on the test
+   examples, computed without llmc's code (`divergence.held_out_loss`: the tokenizer,
+   `question + "\\n"` as the prompt, no template).
 """
 
 from __future__ import annotations
@@ -71,10 +72,10 @@ def study(work: Path, model: Path, data: Path, config: Path, name: str, pruner: 
     }
 
 
-def retrain(work: Path, model: Path, data: Path, toml: Path, name: str, seed: int, steps: int) -> Path:
-    llmc(["train", "--data", data, "--model", model, "--config", toml, "--seed", seed, "--max-steps", steps,
-          "--output", work / "retrain", "--run-name", f"{name}-seed{seed}", "--no-dashboard", "--report-to", "none"],
-         work)  # fmt: skip
+def retrain(work: Path, source: list, name: str, seed: int, steps: int) -> Path:
+    """``llmc train`` with ``source`` (a config and data, or ``--from-study``) for one training seed."""
+    llmc(["train", *source, "--seed", seed, "--max-steps", steps, "--output", work / "retrain",
+          "--run-name", f"{name}-seed{seed}", "--no-dashboard", "--report-to", "none"], work)  # fmt: skip
     return work / "retrain" / f"{name}-seed{seed}" / "final"
 
 
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--test-n", type=int, default=200)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--budget-steps", type=int, default=30)
+    parser.add_argument("--pruner", default="median", choices=("median", "hyperband", "halving"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -102,8 +104,8 @@ def main() -> None:
     config.write_text(BENCH_CONFIG)
 
     result: dict = {"model": str(args.model), "train_n": args.train_n, "test_n": args.test_n,
-                    "trials": args.trials, "budget_steps": args.budget_steps}  # fmt: skip
-    pruned = study(args.work, args.model, data, config, "pruned", "median", args)
+                    "trials": args.trials, "budget_steps": args.budget_steps, "pruner": args.pruner}  # fmt: skip
+    pruned = study(args.work, args.model, data, config, "pruned", args.pruner, args)
     print(json.dumps({k: pruned[k] for k in ("wall_s", "tokens", "pruned", "best")}), flush=True)
     unpruned = study(args.work, args.model, data, config, "unpruned", "none", args)
     print(json.dumps({k: unpruned[k] for k in ("wall_s", "tokens", "pruned", "best")}), flush=True)
@@ -117,13 +119,13 @@ def main() -> None:
     }
     print(json.dumps(result["pruning"]), flush=True)
 
-    best_toml = args.work / "best-full.toml"
-    best_toml.write_text(BENCH_CONFIG + (args.work / "studies" / "pruned" / "best.toml").read_text())
+    sources = {"preset": ["--data", data, "--model", args.model, "--config", config],
+               "tuned": ["--from-study", args.work / "studies" / "pruned"]}  # fmt: skip
     base = held_out_loss(args.model, None, test)
     quality: dict = {"base": base, "preset": [], "tuned": []}
     for seed in args.seeds:
-        for label, toml in (("preset", config), ("tuned", best_toml)):
-            adapter = retrain(args.work, args.model, data, toml, label, seed, args.budget_steps)
+        for label, source in sources.items():
+            adapter = retrain(args.work, source, label, seed, args.budget_steps)
             loss = held_out_loss(args.model, adapter, test)
             quality[label].append(loss)
             print(json.dumps({"seed": seed, label: loss}), flush=True)

@@ -243,7 +243,7 @@ def test_shipped_bash_completion_completes_commands_and_choices(tmp_path):
         'COMP_WORDS=(llmc train --preset ""); COMP_CWORD=3; _llmc_completion llmc; echo "${COMPREPLY[*]}"; '
         'COMP_WORDS=(llmc pre); COMP_CWORD=1; _llmc_completion llmc; echo "${COMPREPLY[*]}"'
     )
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "LLMC_PRESETS": str(tmp_path)}
     result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert result.stdout.splitlines() == ["highspeed quality bestaccuracy", "prepare presets"], result.stderr
 

@@ -53,6 +53,16 @@ def test_tune_runs_a_study_shows_it_and_writes_the_best_as_a_config(llmc, tmp_pa
     refused = llmc("tune", "best", "tune-1", "--output", str(runs), "--export", str(exported), cwd=tmp_path)
     assert refused.returncode != 0 and "already exists" in refused.stderr and "Traceback" not in refused.stderr
 
+    # As a named preset: the study's preset (highspeed) with the best values on top, kept by the data rules.
+    env = {"LLMC_PRESETS": str(tmp_path / "presets")}
+    saved = llmc("tune", "best", "tune-1", "--output", str(runs), "--export", "gsm", cwd=tmp_path, env=env)
+    assert saved.returncode == 0 and "--preset tuned:gsm" in saved.stdout, saved.stderr
+    planned = llmc("train", *common[:4], "--preset", "tuned:gsm", "--dry-run", "--json", cwd=tmp_path, env=env)
+    assert planned.returncode == 0, planned.stderr
+    config = json.loads(planned.stdout)["config"]
+    assert config["lora_r"] == {"value": rank, "source": "tuned:gsm"} and config["lr"]["source"] == "tuned:gsm"
+    assert config["lora_dropout"]["source"].startswith("preset:") and config["limit"]["source"] == "default"
+
 
 def test_a_bad_search_space_is_refused_with_its_key_and_the_fix(llmc, tmp_path, tiny_model_dir, gsm8k_train):
     space = tmp_path / "space.toml"

@@ -7,11 +7,23 @@ from typing import Annotated
 
 import typer
 
-from llmc_cli.config.schema import PresetName, describe
+from llmc_cli.config.schema import PRESET_NAMES, describe
+
+
+def complete_preset(incomplete: str) -> list[str]:
+    """The built-in presets and the tuned ones (``tuned:NAME``) that start with ``incomplete``."""
+    from llmc_cli.config.tuned import PREFIX, presets_dir
+
+    tuned = sorted(PREFIX + path.stem for path in presets_dir().glob("*.toml"))
+    return [name for name in (*PRESET_NAMES, *tuned) if name.startswith(incomplete)]
+
 
 DataOpt = Annotated[Path | None, typer.Option("--data", "-d", help=describe("data"), show_default=False)]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help=describe("model"), show_default=False)]
-PresetOpt = Annotated[PresetName | None, typer.Option("--preset", "-p", help=describe("preset"), show_default=False)]
+PresetOpt = Annotated[
+    str | None,
+    typer.Option("--preset", "-p", help=describe("preset"), show_default=False, autocompletion=complete_preset),
+]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="An llmc.toml file (see llmc.toml.example).", show_default=False)
 ]

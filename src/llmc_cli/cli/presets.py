@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llmc_cli.cli.options import ConfigOpt
-from llmc_cli.config.schema import PRESET_NAMES, PresetName
+from llmc_cli.cli.options import ConfigOpt, complete_preset
+from llmc_cli.config.schema import PRESET_NAMES
 
 app = typer.Typer(help="Inspect the presets (family x preset x dataset size).", no_args_is_help=True)
 
@@ -41,12 +41,34 @@ def list_presets() -> None:
             spec = presets[name]
             row += [f"{b.epochs:g}/{b.lr:g}" for b in (spec.small, spec.medium, spec.large)]
             table.add_row(*row)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    _list_tuned(console)
+
+
+def _list_tuned(console: Console) -> None:
+    """The tuned presets (``llmc tune best --export NAME``), if any."""
+    from llmc_cli.config.tuned import PREFIX, load_tuned, presets_dir
+
+    paths = sorted(presets_dir().glob("*.toml"))
+    if not paths:
+        console.print(f"No tuned presets in {presets_dir()} (llmc tune best STUDY --export NAME makes one).")
+        return
+    table = Table(title=f"Tuned presets ({presets_dir()})")
+    for column in ("preset", "base", "values"):
+        table.add_column(column, overflow="fold")
+    for path in paths:
+        tuned = load_tuned(PREFIX + path.stem)
+        values = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuned.values.items())
+        table.add_row(PREFIX + tuned.name, tuned.base, values)
+    console.print(table)
 
 
 @app.command("show")
 def show(
-    name: Annotated[PresetName, typer.Argument(help="Preset name.")],
+    name: Annotated[
+        str, typer.Argument(help="highspeed, quality, bestaccuracy or tuned:NAME.", autocompletion=complete_preset)
+    ],
     model: Annotated[
         str, typer.Option("--model", "-m", help="Family (tinyllama, phi, mistral, qwen) or a local model folder.")
     ] = "tinyllama",

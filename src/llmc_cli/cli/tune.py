@@ -208,18 +208,29 @@ def best(
     output: OutputOpt = Path("runs"),
     storage: StorageOpt = None,
     export_to: Annotated[
-        Path | None, typer.Option("--export", help="Write the settings as a self-contained llmc.toml here.")
+        str | None,
+        typer.Option(
+            "--export",
+            help="NAME: save as the preset tuned:NAME (llmc train --preset tuned:NAME); FILE.toml: write a "
+            "self-contained llmc.toml.",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the best trial as JSON.")] = False,
 ) -> None:
     """The study's best trial: its values, what it shared with the others, and how to train with it."""
-    from llmc_cli.tune.best import export, find_best
+    from llmc_cli.tune.best import export, export_preset, find_best
 
     found = find_best(study, output, storage)
-    if export_to is not None:
-        if export_to.exists():
-            raise ConfigError(f"{export_to} already exists.", hint="Name a new file, or move the old one away.")
-        export(export_to, found)
+    written = None
+    if export_to is not None and (export_to.endswith(".toml") or "/" in export_to):
+        written = Path(export_to)
+        if written.exists():
+            raise ConfigError(f"{written} already exists.", hint="Name a new file, or move the old one away.")
+        export(written, found)
+        how = f"llmc train --config {written} --data FILE"
+    elif export_to is not None:
+        written = export_preset(export_to, found)
+        how = f"llmc train --preset tuned:{export_to} --data FILE --model MODEL"
     if as_json:
         fields = {"study": found.study, "number": found.number, "value": found.value}
         print(json.dumps({**fields, "values": found.values, "base": found.base}, indent=2, default=str))
@@ -231,8 +242,8 @@ def best(
     for key in ("data", "model", "preset", "config_file"):
         if found.base.get(key) is not None:
             console.print(f"  (shared) {key}: {found.base[key]}")
-    if export_to is not None:
-        console.print(f"Written to {export_to}: llmc train --config {export_to} --data FILE")
+    if written is not None:
+        console.print(f"Written to {written}: {how}")
     console.print(f"Train with it: llmc train --from-study {found.study} --output {output}")
 
 

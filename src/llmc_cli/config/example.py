@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
+from llmc_cli.config.layers import toml_value
 from llmc_cli.config.schema import SECTIONS, SPEC_ENV_KEYS
 
 HEADER = """\
@@ -20,15 +18,7 @@ HEADER = """\
 
 
 def _toml_value(value) -> str:
-    if value is None:
-        return '""'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Path):
-        return json.dumps(str(value))
-    if isinstance(value, tuple | list):
-        return json.dumps(list(value))
-    return json.dumps(value) if isinstance(value, str) else repr(value)
+    return '""' if value is None else toml_value(value)
 
 
 def render() -> str:

@@ -9,6 +9,7 @@ validation of the merged result is one pydantic call that reports every problem 
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,17 @@ def toml_layer(path: Path) -> Layer:
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems) + ".", hint="See llmc.toml.example for every key.")
     return Layer(f"toml:{path}", values)
+
+
+def toml_value(value: Any) -> str:
+    """A config value as TOML (a basic string is written as a JSON string)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Path):
+        return json.dumps(str(value))
+    if isinstance(value, tuple | list):
+        return json.dumps(list(value))
+    return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
 def _unknown_key(where: str, key: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from llmc_cli.config.layers import Layer
 from llmc_cli.config.schema import FIELD_SECTION, PRESET_NAMES
 
 Bucket = Literal["small", "medium", "large"]
@@ -91,6 +92,18 @@ class PresetBook(_Strict):
         schedule: BucketSpec = getattr(chosen, bucket)
         values = {**chosen.base, "epochs": schedule.epochs, "lr": schedule.lr}
         return f"preset:{family_name}/{preset}/{bucket}", values
+
+
+def preset_layer(family: str, preset: str, n_examples: int | None) -> Layer:
+    """The preset's layer: a built-in preset from the table, or ``tuned:NAME`` (its base preset from
+    the table with the tuned values on top, each named by its origin)."""
+    from llmc_cli.config.tuned import is_tuned, tuned_layer
+
+    book = load_presets()
+    if is_tuned(preset):
+        label, values, origins = tuned_layer(preset, lambda base: book.layer(family, base, n_examples))
+        return Layer(label, values, origins)
+    return Layer(*book.layer(family, preset, n_examples))
 
 
 @cache

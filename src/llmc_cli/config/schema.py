@@ -8,6 +8,7 @@ feed ``--help``, ``llmc presets show`` and ``llmc.toml.example``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -204,7 +205,11 @@ class TrainingSettings(_Section):
 class RunSettings(_Section):
     """Where results go and the run-level switches of the specification."""
 
-    preset: PresetName = Field("quality", description="highspeed, quality or bestaccuracy.")
+    preset: str = Field(
+        "quality",
+        description="highspeed, quality or bestaccuracy, or tuned:NAME (a study's best, from llmc tune best --export).",
+    )
+
     output: Path = Field(Path("runs"), description="Folder that holds the run directories.")
     run_name: str | None = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Name of the run directory (default run-N)."
@@ -268,6 +273,13 @@ class RunSettings(_Section):
     )
 
     _not_yet = field_validator("enable_hyperparameter_tuning", "enable_distributed_training")(_refuse_unavailable)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value in PRESET_NAMES or re.fullmatch(r"tuned:[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            return value
+        raise ValueError(f"use {', '.join(PRESET_NAMES)}, or tuned:NAME for a preset exported by llmc tune best")
 
 
 SECTIONS: dict[str, type[_Section]] = {

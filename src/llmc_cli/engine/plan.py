@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from llmc_cli.config.layers import Layer, ResolvedConfig, cli_layer, env_layers, resolve, toml_layer
-from llmc_cli.config.presets import load_presets
+from llmc_cli.config.presets import preset_layer
+from llmc_cli.config.tuned import is_tuned, load_tuned
 from llmc_cli.data.scan import DataScan, scan
 from llmc_cli.errors import ConfigError
 from llmc_cli.models.source import ModelSource, resolve_model
@@ -76,11 +77,12 @@ def plan_run(layers: list[Layer]) -> RunPlan:
     user = resolve(layers).config  # reports bad values before reading any data
     if user.data.data is None:
         raise ConfigError("No training data given.", hint="Pass --data FILE (or try --demo).")
+    if is_tuned(user.run.preset):
+        load_tuned(user.run.preset)  # a missing tuned preset is named before the data is read
     data = scan(user.data, data_cache_dir(user.data.data_cache))
     auto_family = _auto_family() if user.model.model == "auto" else None
     source = resolve_model(user.model.model, auto_family)
-    label, values = load_presets().layer(source.family.name, user.run.preset, data.train_records)
-    resolved = resolve([Layer(label, values), *layers])
+    resolved = resolve([preset_layer(source.family.name, user.run.preset, data.train_records), *layers])
     return RunPlan(resolved, source, data, list(data.notes))
 
 
@@ -112,5 +114,4 @@ def preview(preset: str, model: str, data: Path | None = None, config_file: Path
             )
         family = resolve_model(str(path)).family.name
     n_train = scan(user.data, data_cache_dir(user.data.data_cache)).train_records if data is not None else None
-    label, values = load_presets().layer(family, preset, n_train)
-    return resolve([Layer(label, values), *layers])
+    return resolve([preset_layer(family, user.run.preset, n_train), *layers])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmc_cli.config.layers import Layer, cli_layer, env_layers, toml_layer
+from llmc_cli.config.layers import Layer, cli_layer, env_layers, toml_layer, toml_value
 from llmc_cli.errors import ConfigError
 
 # Keys a trial sets for the search itself, not as part of the configuration it found.
@@ -126,15 +126,21 @@ def export(path: Path, best: Best) -> None:
         f"# llmc tune: the best trial ({best.number}, eval loss {best.value:.4f}) of study {best.study},",
         f"# searched on {best.base.get('data', 'its data')}. Train with: llmc train --config {path.name} --data FILE",
     ]
-    lines += [f"{key} = {_toml(value)}" for key, value in merged.items() if value is not None]
+    lines += [f"{key} = {toml_value(value)}" for key, value in merged.items() if value is not None]
     write_text(path, "\n".join(lines) + "\n")
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return json.dumps(str(value))  # a TOML basic string is a JSON string
+def export_preset(name: str, best: Best) -> Path:
+    """Write the best trial's values as the tuned preset ``tuned:NAME`` over the study's preset."""
+    from llmc_cli.config.tuned import is_tuned, load_tuned, write_tuned
+
+    config = best.config_layer()
+    preset = best.base.get("preset") or (config.values.get("preset") if config is not None else None) or "quality"
+    values = dict(best.values)
+    if is_tuned(preset):  # a study over a tuned preset: its values stay under the new ones
+        earlier = load_tuned(preset)
+        preset, values = earlier.base, {**earlier.values, **values}
+    comment = (f"llmc tune: the best trial ({best.number}, eval loss {best.value:.4f}) of study {best.study},\n"
+               f"searched on {best.base.get('data', 'its data')} with {best.base.get('model') or 'its model'}.\n"
+               f"Use it with: llmc train --preset tuned:{name} --data FILE --model MODEL")  # fmt: skip
+    return write_tuned(name, preset, values, comment)
