@@ -139,7 +139,7 @@ def _has_cuda() -> bool:
             {"d.jsonl": '{"question": "q", "answer": "a"}\n', "llmc.toml": "compile_model = true\n"},
             ["--data", "d.jsonl", "--config", "llmc.toml"],
             2,
-            "compile_model = True (from toml:llmc.toml): Value error, not available yet",
+            "compile_model = True (from toml:llmc.toml): not available yet",
         ),
     ],
 )

@@ -154,6 +154,11 @@ def merge(layers: list[Layer]) -> tuple[dict[str, Any], dict[str, str]]:
     return values, sources
 
 
+def problem_text(error: dict) -> str:
+    """A pydantic error's message without the "Value error, " that pydantic puts before a validator's own."""
+    return error["msg"].removeprefix("Value error, ")
+
+
 def resolve(layers: list[Layer]) -> ResolvedConfig:
     """Merge layers over the defaults and validate, reporting every bad value at once."""
     values, sources = merge(layers)
@@ -165,7 +170,7 @@ def resolve(layers: list[Layer]) -> ResolvedConfig:
             key = str(error["loc"][1]) if len(error["loc"]) > 1 else str(error["loc"][0])
             origin = sources.get(key, "default")
             shown = f" = {values[key]!r}" if key in values else ""
-            lines.append(f"  {key}{shown} (from {origin}): {error['msg']}")
+            lines.append(f"  {key}{shown} (from {origin}): {problem_text(error)}")
         raise ConfigError(
             "Invalid configuration:\n" + "\n".join(lines),
             hint="Correct these values where they were set (flag, llmc.toml, environment or .env).",

@@ -28,8 +28,8 @@ NOT_YET = {
     "compile_model": "torch.compile did not pay off on CPU (benchmarks/compile.py, a 4-layer model in bf16 with "
     "packed examples: 12 steps took 33-288 s against 15-16 s without it, compiling anew as the examples' layout "
     "changed; at best a step was 4 % faster) and is not measured on GPUs yet",
-    "enable_hyperparameter_tuning": "`llmc train` does not tune; `llmc tune` does (then `llmc train --config "
-    "runs/tune-N/best.toml`)",
+    "enable_hyperparameter_tuning": "`llmc train` does not tune; `llmc tune` does (then `llmc train "
+    "--from-study tune-N`)",
     "enable_distributed_training": "multi-process training from llmc arrives in a later release",
 }
 
@@ -279,7 +279,8 @@ class RunSettings(_Section):
     def _known_preset(cls, value: str) -> str:
         if value in PRESET_NAMES or re.fullmatch(r"tuned:[A-Za-z0-9][A-Za-z0-9._-]*", value):
             return value
-        raise ValueError(f"use {', '.join(PRESET_NAMES)}, or tuned:NAME for a preset exported by llmc tune best")
+        names = ", ".join(repr(name) for name in PRESET_NAMES)
+        raise ValueError(f"{value!r} is not one of {names}, or tuned:NAME (a preset from llmc tune best --export)")
 
 
 SECTIONS: dict[str, type[_Section]] = {

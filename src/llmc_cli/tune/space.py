@@ -25,6 +25,7 @@ from typing import Any
 import tomllib
 from pydantic import ValidationError
 
+from llmc_cli.config.layers import problem_text
 from llmc_cli.config.schema import FIELD_SECTION, RunConfig
 from llmc_cli.errors import ConfigError
 
@@ -172,7 +173,7 @@ def _checked(where: str, key: str, value: Any) -> Any:
     try:
         parsed = RunConfig().with_updates(**{key: value}).flat()[key]
     except ValidationError as exc:
-        problem = exc.errors()[0]["msg"]
+        problem = problem_text(exc.errors()[0])
         raise ConfigError(f"{where}: {value!r} is not a valid {key}: {problem}.", hint="Fix the value.") from None
     if isinstance(value, str) or (isinstance(value, int) and isinstance(parsed, float)):
         return value  # as written: a module list stays one string (Optuna's choices are scalars)

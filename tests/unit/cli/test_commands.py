@@ -48,7 +48,7 @@ def test_every_train_parameter_is_a_config_key_or_a_command_switch():
     from llmc_cli.config.schema import FIELD_SECTION
 
     names = list(inspect.signature(train).parameters)
-    switches = {"config", "demo", "dashboard", "dry_run", "as_json"}
+    switches = {"config", "demo", "dashboard", "dry_run", "as_json", "from_study", "storage"}
     assert [n for n in names if n not in FIELD_SECTION and n not in switches] == []
     from llmc_cli.cli.prepare import prepare
 
