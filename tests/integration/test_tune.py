@@ -71,9 +71,9 @@ def test_pruning_stops_a_bad_trial_early_and_an_interrupted_study_goes_on_where_
     for lr in (3e-3, 2e-3, 1e-7, 3e-3):  # the third barely learns: worse than the median of the first two
         study.enqueue_trial({"lr": lr})
 
-    def interrupt_trial_3(number):
+    def interrupt_trial_3(trial):
         def on_event(event):
-            if number == 3 and isinstance(event, StepEnded) and event.step == 1:
+            if trial.number == 3 and isinstance(event, StepEnded) and event.step == 1:
                 os.kill(os.getpid(), signal.SIGINT)
 
         return on_event

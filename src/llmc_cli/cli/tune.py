@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llmc_cli.cli.options import ConfigOpt, DataOpt, ModelOpt, PresetOpt
+from llmc_cli.cli.options import ConfigOpt, DashboardOpt, DataOpt, ModelOpt, PresetOpt
 from llmc_cli.errors import ConfigError, RunInterrupted
 
 app = typer.Typer(
@@ -56,6 +57,7 @@ def tune(
     output: OutputOpt = Path("runs"),
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N examples.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampler.")] = 42,
+    dashboard: DashboardOpt = True,
 ) -> None:
     """Run a study: each trial is an llmc run under the study's folder; the best is the lowest eval loss.
 
@@ -64,11 +66,13 @@ def tune(
     if ctx.invoked_subcommand is not None:
         return
     from llmc_cli.cli.train import quiet_libraries
+    from llmc_cli.monitor.study_view import StudyView, study_counts
     from llmc_cli.tune.best import record_base
     from llmc_cli.tune.space import default_space, load_space
     from llmc_cli.tune.study import (
         TrialRun,
         TuneSettings,
+        finished,
         open_study,
         resolved_config,
         run_study,
@@ -101,8 +105,14 @@ def tune(
     for dimension in searched.dimensions:
         console.print(f"  {dimension.key}: {dimension.describe()}")
 
-    def announce(number: int):
-        console.print(f"trial {number}: training")
+    view = None
+    if console.is_terminal and dashboard:
+        view = StudyView(console, name, settings.trials, study_counts(handle, finished(handle)))
+
+    def announce(trial):
+        if view is not None:
+            return view.trial_started(trial.number, trial.params)
+        console.print(f"trial {trial.number}: training")
         return None
 
     def ended(trial) -> None:
@@ -112,7 +122,11 @@ def tune(
             outcome = f"pruned after {len(trial.intermediate_values)} evaluations"
         else:
             outcome = trial.user_attrs.get("failure", "failed")
-        console.print(f"trial {trial.number}: {trial.state.name.lower()}, {outcome}")
+        line = f"trial {trial.number}: {trial.state.name.lower()}, {outcome}"
+        if view is not None:
+            view.trial_ended(line, study_counts(handle, finished(handle)))
+        else:
+            console.print(line)
 
     argv = ["tune", "--data", data, "--trials", trials, "--method", method, "--pruner", pruner, "--study", name,
             "--output", output, "--seed", seed]  # fmt: skip
@@ -126,11 +140,12 @@ def tune(
     if helpers:
         console.print(f"{len(helpers)} more worker(s): logs in {folder}/worker-N.log")
     try:
-        run_study(handle, folder, searched, run, settings, subscribe=announce, ended=ended)
-        for helper in helpers:
-            helper.wait()
-        if helpers:  # a helper that died after this worker's last trial left its trial to re-run
+        with view or contextlib.nullcontext():
             run_study(handle, folder, searched, run, settings, subscribe=announce, ended=ended)
+            for helper in helpers:
+                helper.wait()
+            if helpers:  # a helper that died after this worker's last trial left its trial to re-run
+                run_study(handle, folder, searched, run, settings, subscribe=announce, ended=ended)
     except RunInterrupted:
         _print(console, handle, folder)
         raise RunInterrupted(

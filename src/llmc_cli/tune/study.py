@@ -170,7 +170,8 @@ def run_study(
 ) -> None:
     """Run trials until the study has ``settings.trials`` finished ones (or the timeout, or the grid ends).
 
-    ``subscribe(trial_number)`` may return an event subscriber for that trial's run (the dashboard);
+    ``subscribe(trial)`` (an Optuna trial, its parameters suggested) may return an event subscriber
+    for that trial's run (the study view);
     ``ended(frozen_trial)`` is called as each trial ends.
 
     Raises:
@@ -268,7 +269,7 @@ class _Objective:
                           env_file=None, output=self.folder / "trials", run_name=f"trial-{trial.number}",
                           report_to="none", **overrides)  # fmt: skip
         tuner.subscribe(on_event)
-        if self.subscribe is not None and (extra := self.subscribe(trial.number)) is not None:
+        if self.subscribe is not None and (extra := self.subscribe(trial)) is not None:
             tuner.subscribe(extra)
         trial.set_user_attr("run_dir", str(self.folder / "trials" / f"trial-{trial.number}"))
         try:
