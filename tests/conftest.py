@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,57 @@ def step_losses():
     from llmc_cli.engine.record import by_step
 
     return lambda run_dir: {step: record["loss"] for step, record in by_step(run_dir).items()}
+
+
+def write_run(
+    folder,
+    train,
+    evals=(),
+    *,
+    lr=2e-4,
+    ratio=5e-3,
+    events=(),
+    summary=None,
+    config=None,
+    total=None,
+    resume_at=None,
+    seed=0,
+):
+    """A run directory written by hand in the format a run writes (config.json, metrics.jsonl,
+    events.jsonl, summary.json): ``train`` maps step -> true loss (3 % per-step noise is added),
+    ``evals`` is [(step, loss)], ``resume_at`` re-logs the steps after it as a resumed run does."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True)
+    steps = sorted(train)
+    total = total or steps[-1]
+    flat = {"lr": lr, "max_steps": total, "epochs": 1.0, "preset": "quality", "lora_r": 16, "eval_every": 10,
+            "checkpoint_interval": 100, "max_length": 512, "packing": True, **(config or {})}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps({"config": {"training": flat}, "sources": {"lr": "cli"}}))
+
+    def step_line(step):
+        warm = min(1.0, step / 3)
+        return {"type": "train", "event": "StepEnded", "step": step, "total_steps": total,
+                "loss": train[step] * (1 + 0.03 * rng.gauss(0, 1)), "lr": lr * warm, "grad_norm": 0.5,
+                "clip_threshold": 1.0, "update_ratio": ratio, "tokens_per_s": 1000.0}  # fmt: skip
+
+    lines, pending = [], dict(evals)
+    for step in steps:
+        lines.append(step_line(step))
+        if step in pending:
+            lines.append({"type": "eval", "event": "EvalEnded", "step": step, "eval_loss": pending[step]})
+    if 0 in pending:
+        lines.insert(0, {"type": "eval", "event": "EvalEnded", "step": 0, "eval_loss": pending[0]})
+    if resume_at is not None:  # the killed attempt logged past its checkpoint; the resumed one logs again
+        lines.append({"type": "resume", "event": "RunResumed", "step": resume_at})
+        lines += [step_line(step) for step in steps if step > resume_at]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (folder / "events.jsonl").write_text("".join(json.dumps(event) + "\n" for event in events))
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps({"status": "completed", **summary}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def make_run():
+    """``make_run(folder, train, evals, ...)``: a run directory with known curves (:func:`write_run`)."""
+    return write_run

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["FineTuner", "__version__"]
+__all__ = ["FineTuner", "__version__", "analyze_run"]
 
 if TYPE_CHECKING:
+    from llmc_cli.analyze import analyze_run
     from llmc_cli.api import FineTuner
 
 
@@ -20,4 +21,8 @@ def __getattr__(name: str) -> Any:
         from llmc_cli.api import FineTuner
 
         return FineTuner
+    if name == "analyze_run":
+        from llmc_cli.analyze import analyze_run
+
+        return analyze_run
     raise AttributeError(f"module 'llmc_cli' has no attribute {name!r}")

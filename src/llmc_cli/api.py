@@ -57,6 +57,7 @@ class FineTuner:
         self._plan: RunPlan | None = None
         self._resume: ResumeTarget | None = None
         self._faults = faults
+        self._run_dir: Path | None = None
 
     @classmethod
     def resume(
@@ -184,8 +185,26 @@ class FineTuner:
         if self._resume is None:  # the wrong kind of model is refused before a run directory exists
             check_causal(load_config(plan.source.location), plan.source.location)
         run_dir = self._resume.run_dir if self._resume is not None else start_run(plan)
+        self._run_dir = run_dir
         bus = EventBus()
         for subscriber in self._subscribers:
             bus.subscribe(subscriber)
         with observe(bus, run_dir, config):
             return train(plan, run_dir, bus, resume=self._resume, faults=faults, stop=stop)
+
+    def analyze(self):
+        """Diagnose this tuner's run (the one ``train()`` wrote, finished or not, or the run
+        ``resume()`` continues) from its records: the same result as ``llmc analyze RUN --json``
+        (``.to_json()``), with ``.findings`` ranked, the top recommendation first.
+
+        Raises:
+            ConfigError: no run yet (call ``train()`` first), or a run with nothing recorded.
+        """
+        from llmc_cli.analyze import analyze_run
+        from llmc_cli.errors import ConfigError
+
+        run_dir = self._run_dir or (self._resume.run_dir if self._resume is not None else None)
+        if run_dir is None:
+            raise ConfigError("This FineTuner has no run to analyse yet.", hint="Call train() first, or use "
+                              "llmc_cli.analyze_run(run_dir) for a run on disk.")  # fmt: skip
+        return analyze_run(run_dir)

@@ -5,11 +5,15 @@ import re
 import sys
 
 import pexpect
+import pytest
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\r")
 
 
-def test_dashboard_shows_progress_losses_system_and_checkpoints(tmp_path, tiny_model_dir, gsm8k_train):
+@pytest.fixture(scope="module")
+def dashboard_run(tmp_path_factory, tiny_model_dir, gsm8k_train):
+    """A short run trained in a 140-column pseudo-terminal: (what the screen showed, exit status, cwd)."""
+    tmp_path = tmp_path_factory.mktemp("dashboard")
     args = [
         "-c", "from llmc_cli.cli.app import main; main()",
         "train", "--data", str(gsm8k_train), "--model", str(tiny_model_dir), "--preset", "highspeed",
@@ -22,8 +26,12 @@ def test_dashboard_shows_progress_losses_system_and_checkpoints(tmp_path, tiny_m
     )
     child.expect(pexpect.EOF)
     child.close()
-    screen = ANSI.sub("", child.before)
-    assert child.exitstatus == 0, screen[-3000:]
+    return ANSI.sub("", child.before), child.exitstatus, tmp_path
+
+
+def test_dashboard_shows_progress_losses_system_and_checkpoints(dashboard_run):
+    screen, status, _ = dashboard_run
+    assert status == 0, screen[-3000:]
     for seen in (
         "progress",
         "step 8/8",
@@ -78,3 +86,26 @@ def test_tune_shows_the_study_view_on_a_terminal(tmp_path, tiny_model_dir, gsm8k
                  "trial 0: complete, eval loss", "trial 1: complete", "Best: trial"):  # fmt: skip
         assert seen in screen, seen
     assert "trial 0: training" not in screen and "Traceback" not in screen  # the plain lines are for pipes
+
+
+@pytest.mark.parametrize("columns", [80, 140])
+def test_analyze_fits_the_terminal_it_runs_in(dashboard_run, columns):
+    _, status, cwd = dashboard_run
+    assert status == 0
+    args = ["-c", "from llmc_cli.cli.app import main; main()", "analyze", "run-1"]
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")} | {"TERM": "xterm-256color"}
+    child = pexpect.spawn(sys.executable, args, cwd=str(cwd), env=env, dimensions=(50, columns), encoding="utf-8",
+                          timeout=120)  # fmt: skip
+    child.expect(pexpect.EOF)
+    child.close()
+    raw = child.before
+    screen = ANSI.sub("", raw)
+    assert child.exitstatus == 0, screen[-3000:]
+    assert "\x1b[" in raw  # colour on a terminal
+    lines = [line for line in screen.split("\n") if line.strip()]
+    assert max(len(line) for line in lines) <= columns
+    seen_all = ("Run runs/run-1: completed, step 8 of 8", "convergence:", "overfitting:", "learning rate:",
+                "stability:", "efficiency:", "┤")  # fmt: skip
+    for seen in seen_all:
+        assert seen in screen, seen
+    assert "Traceback" not in screen

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from llmc_cli import __version__
-from llmc_cli.cli import checkpoints, doctor, prepare, presets, resume, train, tune
+from llmc_cli.cli import analyze, checkpoints, doctor, prepare, presets, resume, train, tune
 from llmc_cli.errors import LlmcError
 
 app = typer.Typer(
@@ -29,9 +29,11 @@ app.command(name="train")(train.train)
 app.command(name="resume")(resume.resume)
 app.command(name="prepare")(prepare.prepare)
 app.command(name="doctor")(doctor.doctor)
+app.command(name="analyze")(analyze.analyze)
 app.add_typer(checkpoints.app, name="checkpoints")
 app.add_typer(presets.app, name="presets")
 app.add_typer(tune.app, name="tune")
+app.add_typer(analyze.runs_app, name="runs")
 
 
 def _version(value: bool) -> None:

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 COMMANDS = ["--help", "train --help", "resume --help", "checkpoints --help", "checkpoints list --help",
-            "presets --help"]  # fmt: skip
+            "presets --help", "analyze --help", "runs list --help"]  # fmt: skip
 PROBE = """
 import sys, time
 started = time.perf_counter()

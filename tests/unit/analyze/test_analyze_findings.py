@@ -1,0 +1,147 @@
+"""`llmc analyze` on runs whose records are written here with known pathologies (the format a run
+writes: config.json, metrics.jsonl, events.jsonl, summary.json); real runs are judged in
+benchmarks/analyze_labelled.py and tests/e2e/test_analyze_cli.py."""
+
+import json
+import math
+
+import pytest
+
+from llmc_cli.analyze import analyze_run
+from llmc_cli.analyze.findings import KINDS, PATHOLOGIES
+from llmc_cli.errors import ConfigError
+
+
+def decay(n, start=2.0, floor=1.2, tau=25.0):
+    return {s: floor + (start - floor) * math.exp(-s / tau) for s in range(1, n + 1)}
+
+
+def pathologies(analysis):
+    return [f.kind for f in analysis.findings if f.kind in PATHOLOGIES]
+
+
+def test_a_healthy_run_has_no_pathology(tmp_path, make_run):
+    evals = [(0, 2.0)] + [(s, 1.25 + 0.7 * math.exp(-s / 25)) for s in range(10, 101, 10)]
+    analysis = analyze_run(make_run(tmp_path / "run", decay(100), evals))
+    assert pathologies(analysis) == []
+    assert analysis.to_json()["cannot_judge"] == []
+
+
+def test_overfitting_names_the_step_where_the_eval_loss_turned(tmp_path, make_run):
+    evals = [(0, 2.0)] + [(s, 1.3 + 0.0004 * (s - 60) ** 2) for s in range(10, 121, 10)]
+    analysis = analyze_run(make_run(tmp_path / "run", decay(120, floor=0.6), evals))
+    top = analysis.findings[0]
+    assert top.kind == "overfitting"
+    assert "step 60" in top.summary
+    assert top.fix.startswith("--max-steps 60")
+    section = next(s for s in analysis.sections if s.name == "overfitting")
+    assert section.figures["best_eval_step"] == 60
+
+
+def test_a_rate_that_made_the_model_worse_is_too_high_with_a_lower_rate_as_the_fix(tmp_path, make_run):
+    train = {s: 2.0 + 0.6 * (1 - math.exp(-s / 20)) for s in range(1, 81)}
+    evals = [(0, 2.0)] + [(s, 2.0 + 0.5 * (1 - math.exp(-s / 20))) for s in range(10, 81, 10)]
+    analysis = analyze_run(make_run(tmp_path / "run", train, evals, ratio=5e-2))
+    top = analysis.findings[0]
+    assert top.kind == "lr_too_high"
+    assert top.fix == "--lr 2e-05"
+    assert top.confidence >= 0.8
+
+
+def test_tiny_updates_and_a_flat_loss_mean_the_rate_is_too_low(tmp_path, make_run):
+    train = {s: 2.0 - 0.0002 * s for s in range(1, 81)}
+    evals = [(0, 2.0)] + [(s, 2.0 - 0.0001 * s) for s in range(10, 81, 10)]
+    analysis = analyze_run(make_run(tmp_path / "run", train, evals, ratio=5e-5))
+    top = analysis.findings[0]
+    assert (top.kind, top.fix) == ("lr_too_low", "--lr 0.002")
+    assert "lr_too_high" not in pathologies(analysis)
+
+
+def test_the_same_flat_loss_with_normal_updates_is_underfitting_not_a_low_rate(tmp_path, make_run):
+    train = {s: 2.0 - 0.0002 * s for s in range(1, 81)}
+    evals = [(0, 2.0)] + [(s, 2.0 - 0.0001 * s) for s in range(10, 81, 10)]
+    analysis = analyze_run(make_run(tmp_path / "run", train, evals, ratio=5e-3))
+    assert pathologies(analysis)[0] == "underfitting"
+    assert "lr_too_low" not in pathologies(analysis)
+
+
+def test_a_loss_still_falling_at_the_end_asks_for_more_steps(tmp_path, make_run):
+    evals = [(0, 2.0)] + [(s, 1.0 + math.exp(-s / 80)) for s in range(10, 61, 10)]
+    analysis = analyze_run(make_run(tmp_path / "run", decay(60, floor=1.0, tau=80), evals))
+    top = analysis.findings[0]
+    assert (top.kind, top.fix) == ("too_few_steps", "--max-steps 120")
+
+
+def test_a_run_that_stopped_improving_early_is_a_plateau(tmp_path, make_run):
+    evals = [(0, 2.0)] + [(s, 1.2 + 0.8 * math.exp(-s / 8)) for s in range(25, 301, 25)]
+    analysis = analyze_run(make_run(tmp_path / "run", decay(300, tau=8), evals, config={"scheduler": "constant"}))
+    top = analysis.findings[0]
+    assert top.kind == "plateau"
+    assert top.fix.startswith("--max-steps ")
+
+
+def test_spikes_and_a_rollback_are_instability_not_a_bad_rate(tmp_path, make_run):
+    evals = [(0, 2.0)] + [(s, 1.25 + 0.7 * math.exp(-s / 25)) for s in range(10, 101, 10)]
+    events = [
+        {"event": "Adjustment", "step": 30, "cause": "spike", "action": "lowered-lr", "message": "spike"},
+        {"event": "Adjustment", "step": 55, "cause": "spike", "action": "rolled-back", "message": "spike"},
+        {"event": "RolledBack", "step": 50, "from_step": 55, "source": "checkpoint-50"},
+    ]
+    analysis = analyze_run(make_run(tmp_path / "run", decay(100), evals, events=events))
+    assert pathologies(analysis) == ["instability"]
+    assert "rolled back from step 55 to step 50" in analysis.findings[0].evidence
+
+
+def test_a_resumed_run_is_read_from_the_records_that_count(tmp_path, make_run):
+    evals = [(0, 2.0)] + [(s, 1.25 + 0.7 * math.exp(-s / 25)) for s in range(10, 101, 10)]
+    run = make_run(tmp_path / "run", decay(100), evals, resume_at=40)
+    analysis = analyze_run(run)
+    assert [r["step"] for r in analysis.records.steps] == list(range(1, 101))
+    assert pathologies(analysis) == []
+
+
+def test_a_run_without_evaluations_says_what_it_cannot_judge(tmp_path, make_run):
+    analysis = analyze_run(make_run(tmp_path / "run", decay(100)))
+    (cannot,) = analysis.to_json()["cannot_judge"]
+    assert "no evaluations: cannot judge overfitting" in cannot
+    assert pathologies(analysis) == []
+
+
+def test_json_findings_use_the_documented_vocabulary(tmp_path, make_run):
+    evals = [(0, 2.0)] + [(s, 1.3 + 0.0004 * (s - 60) ** 2) for s in range(10, 121, 10)]
+    data = analyze_run(make_run(tmp_path / "run", decay(120, floor=0.6), evals)).to_json()
+    json.dumps(data)
+    assert data["findings"]
+    for finding in data["findings"]:
+        assert finding["kind"] in KINDS
+        assert {"kind", "evidence", "fix", "confidence"} <= finding.keys()
+        assert 0 <= finding["confidence"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda root: None, "No run 'run'"),
+        (lambda root: (root / "run").mkdir(), "is not a run directory (no config.json)"),
+        (lambda root: _config_only(root / "run", ""), "has no readable step or evaluation"),
+        (lambda root: _config_only(root / "run", '{"type": "train", "step": 1, "lo'), "has no readable step"),
+        (lambda root: _config_only(root / "run", None), "has not logged a step yet"),
+    ],
+)
+def test_bad_runs_are_refused_with_one_clear_message(tmp_path, make, message, make_run):
+    make(tmp_path)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        analyze_run("run", tmp_path)
+
+
+def _config_only(folder, metrics):
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"config": {"training": {"lr": 1e-4}}, "sources": {}}))
+    if metrics is not None:
+        (folder / "metrics.jsonl").write_text(metrics)
+
+
+@pytest.mark.parametrize("steps", [8, 9, 10, 11, 30])
+def test_short_runs_are_analysed_whatever_their_length(tmp_path, make_run, steps):
+    analysis = analyze_run(make_run(tmp_path / "run", decay(steps), [(0, 2.0), (steps, 1.9)]))
+    assert analysis.sections[0].judged
