@@ -54,6 +54,11 @@ def test_finetuner_writes_a_complete_run(tmp_path, tiny_model_dir, gsm8k_train):
     kinds = [type(e) for e in events]
     assert kinds.index(RunStarted) < kinds.index(StepEnded)
     assert kinds[-1].__name__ == "RunEnded"
+    # The run's analysis, from the API, reads what the run recorded (6 steps: too few to judge much).
+    analysis = tuner.analyze()
+    assert analysis.records.run_dir == run_dir and analysis.to_json()["status"] == "completed"
+    assert analysis.to_json()["steps"] == 6
+    assert [s.name for s in analysis.sections][0] == "convergence" and not analysis.sections[0].judged
     # A second run never reuses the directory.
     assert (
         FineTuner(

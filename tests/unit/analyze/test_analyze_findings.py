@@ -145,3 +145,10 @@ def _config_only(folder, metrics):
 def test_short_runs_are_analysed_whatever_their_length(tmp_path, make_run, steps):
     analysis = analyze_run(make_run(tmp_path / "run", decay(steps), [(0, 2.0), (steps, 1.9)]))
     assert analysis.sections[0].judged
+
+
+def test_a_finetuner_without_a_run_has_nothing_to_analyse():
+    from llmc_cli import FineTuner
+
+    with pytest.raises(ConfigError, match="no run to analyse yet"):
+        FineTuner("data.jsonl").analyze()
