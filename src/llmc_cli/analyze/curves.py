@@ -10,13 +10,13 @@ evaluations, they decide, and the train curve is the fallback.
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 
 from llmc_cli.analyze.records import RunRecords
 
 MIN_STEPS = 8
 MIN_EVALS = 3
+MAX_BINS = 2000
 
 
 def smooth(values: list[float], window: int) -> list[float]:
@@ -28,6 +28,21 @@ def smooth(values: list[float], window: int) -> list[float]:
     half = window // 2
     padded = np.pad(np.asarray(values, dtype=float), half, mode="edge")
     return np.median(np.lib.stride_tricks.sliding_window_view(padded, window), axis=1).tolist()
+
+
+def smooth_long(xs: list[int], values: list[float], window: int) -> list[float]:
+    """:func:`smooth` for any length: a long run (more than MAX_BINS steps) is averaged into bins
+    first, smoothed, and read back at each step, so 100,000 steps cost what 2,000 do."""
+    import numpy as np
+
+    if len(values) <= MAX_BINS:
+        return smooth(values, window)
+    size = -(-len(values) // MAX_BINS)
+    usable = len(values) // size * size
+    means = np.asarray(values[:usable], dtype=float).reshape(-1, size).mean(axis=1)
+    centres = np.asarray(xs[:usable], dtype=float).reshape(-1, size).mean(axis=1)
+    binned = smooth(means.tolist(), max(5, (window // size) | 1))
+    return np.interp(np.asarray(xs, dtype=float), centres, binned).tolist()
 
 
 def window_for(n: int) -> int:
@@ -66,35 +81,36 @@ class TrainCurve:
         """Whether a difference of two window means is beyond three standard errors."""
         return abs(delta) > 3 * self.noise * math.sqrt(2 / self.window)
 
-    def at(self, step: int) -> float | None:
-        """The smoothed loss at ``step`` (None if that step was not logged)."""
-        try:
-            return self.smooth[self.xs.index(step)]
-        except ValueError:
-            return None
-
 
 def train_curve(records: RunRecords) -> TrainCurve | None:
-    """The train loss and its landmarks (None below MIN_STEPS steps)."""
+    """The train loss and its landmarks (None below MIN_STEPS steps); computed once per records."""
+    if "train" not in records.cache:
+        records.cache["train"] = _train_curve(records)
+    return records.cache["train"]
+
+
+def _train_curve(records: RunRecords) -> TrainCurve | None:
+    import numpy as np
+
     xs, ys = records.series("loss")
     if len(ys) < MIN_STEPS:
         return None
     window = min(window_for(len(ys)), len(ys) // 2)
     window -= 1 - window % 2  # odd, so the running median stays centred and the same length
-    sm = smooth(ys, window)
-    residuals = sorted(abs(y - s) for y, s in zip(ys, sm, strict=True))
-    noise = 1.4826 * residuals[len(residuals) // 2]
-    start, final = statistics.fmean(ys[:window]), statistics.fmean(ys[-window:])
-    low = min(sm)
+    sm = smooth_long(xs, ys, window)
+    y, s = np.asarray(ys), np.asarray(sm)
+    noise = 1.4826 * float(np.median(np.abs(y - s)))
+    start, final = float(y[:window].mean()), float(y[-window:].mean())
+    low = float(s.min())
     drop = start - low
-    i90 = next((i for i, v in enumerate(sm) if v <= start - 0.9 * drop), len(sm) - 1) if drop > 0 else len(sm) - 1
+    below = np.nonzero(s <= start - 0.9 * drop)[0] if drop > 0 else []
+    i90 = int(below[0]) if len(below) else len(sm) - 1
     quarter = max(window, len(ys) // 4)
-    tx, ty = xs[-quarter:], ys[-quarter:]
-    mx = statistics.fmean(tx)
-    var = sum((x - mx) ** 2 for x in tx)
-    slope = sum((x - mx) * (y - statistics.fmean(ty)) for x, y in zip(tx, ty, strict=True)) / var if var else 0.0
+    tx, ty = np.asarray(xs[-quarter:], dtype=float), y[-quarter:]
+    var = float(((tx - tx.mean()) ** 2).sum())
+    slope = float(((tx - tx.mean()) * (ty - ty.mean())).sum()) / var if var else 0.0
     slope_se = noise / math.sqrt(var) if var else math.inf
-    tail = slope * (tx[-1] - tx[0]) / abs(final) if final else 0.0
+    tail = slope * float(tx[-1] - tx[0]) / abs(final) if final else 0.0
     return TrainCurve(xs, ys, sm, window, noise, start, final, low, xs[i90], tail, abs(slope) > 3 * slope_se)
 
 
@@ -137,7 +153,13 @@ class EvalCurve:
 
 
 def eval_curve(records: RunRecords) -> EvalCurve | None:
-    """The evaluations after step 0 (None below MIN_EVALS of them)."""
+    """The evaluations after step 0 (None below MIN_EVALS of them); computed once per records."""
+    if "eval" not in records.cache:
+        records.cache["eval"] = _eval_curve(records)
+    return records.cache["eval"]
+
+
+def _eval_curve(records: RunRecords) -> EvalCurve | None:
     evals = [(int(e["step"]), float(e["eval_loss"])) for e in records.evals if math.isfinite(e["eval_loss"])]
     base = next((loss for step, loss in evals if step == 0), None)
     after = [(s, v) for s, v in evals if s > 0]

@@ -10,13 +10,15 @@ outcome. A live run is read as far as it got.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmc_cli.durable import read_jsonl
-from llmc_cli.engine.record import EVENTS, METRICS, by_step
+from llmc_cli.engine.record import EVENTS, METRICS, read_metrics, standing
 from llmc_cli.errors import ConfigError
+
+MAX_SAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class RunRecords:
     events: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] | None = None
     failure: dict[str, Any] | None = None
+    cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # curves, computed once
 
     @property
     def status(self) -> str:
@@ -49,16 +52,23 @@ class RunRecords:
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         """The events of one kind (``Adjustment``, ``RolledBack``, ``SystemSampled`` ...), in order."""
-        return [e for e in self.events if e.get("event") == kind]
+        if ("of", kind) not in self.cache:
+            self.cache["of", kind] = [e for e in self.events if e.get("event") == kind]
+        return self.cache["of", kind]
 
     def series(self, key: str, records: list[dict[str, Any]] | None = None) -> tuple[list[int], list[float]]:
         """(steps, values) of ``key`` over the train steps (or ``records``), finite numbers only."""
+        if records is None and ("series", key) in self.cache:
+            return self.cache["series", key]
         steps, values = [], []
+        finite = math.isfinite
         for record in self.steps if records is None else records:
             value = record.get(key)
-            if isinstance(value, int | float) and value == value and abs(value) != float("inf"):
-                steps.append(int(record["step"]))
+            if value.__class__ in (float, int) and finite(value):
+                steps.append(record["step"])
                 values.append(float(value))
+        if records is None:
+            self.cache["series", key] = (steps, values)
         return steps, values
 
 
@@ -83,14 +93,15 @@ def load_run(spec: str | Path, output: Path = Path("runs")) -> RunRecords:
             f"{run_dir} has no {METRICS}: the run has not logged a step yet.",
             hint="Wait for its first step, or check the run's folder.",
         )
-    steps, evals = list(by_step(run_dir, "train").values()), list(by_step(run_dir, "eval").values())
+    stands = standing(read_metrics(run_dir))
+    steps, evals = list(stands["train"].values()), list(stands["eval"].values())
     if not steps and not evals:
         raise ConfigError(
             f"{run_dir / METRICS} has no readable step or evaluation (empty, or cut off mid-line).",
             hint="Analyse it once the run has logged a step; a run killed before its first step has nothing to judge.",
         )
     return RunRecords(
-        run_dir, config, sources, steps, evals, read_jsonl(run_dir / EVENTS),
+        run_dir, config, sources, steps, evals, _events(run_dir / EVENTS),
         _json(run_dir / "summary.json"), _json(run_dir / "failure.json"),
     )  # fmt: skip
 
@@ -110,6 +121,31 @@ def _find(spec: str | Path, output: Path) -> Path:
     known = sorted(p.name for p in output.glob("*") if (p / "config.json").is_file()) if output.is_dir() else []
     listed = f"Runs in {output}/: {', '.join(known[-8:])}." if known else f"No runs in {output}/; pass the run's path."
     raise ConfigError(f"No run '{text}'.", hint=listed)
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    """events.jsonl, with at most MAX_SAMPLES system samples (evenly spaced: a 30-hour run logs
+    50,000; parsing them all would cost more than the rest of the analysis)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    samples = [i for i, line in enumerate(lines) if '"SystemSampled"' in line]
+    skip = set()
+    if len(samples) > MAX_SAMPLES:
+        keep = set(samples[:: -(-len(samples) // MAX_SAMPLES)])
+        skip = set(samples) - keep
+    events = []
+    for i, line in enumerate(lines):
+        if i in skip:
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # the torn last line of a killed writer
+        if isinstance(event, dict):
+            events.append(event)
+    return events
 
 
 def _json(path: Path) -> dict[str, Any] | None:

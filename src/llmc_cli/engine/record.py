@@ -93,10 +93,18 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 def by_step(run_dir: Path, kind: str = "train") -> dict[int, dict[str, Any]]:
     """The record of each step of ``kind`` ("train" or "eval") that the finished run stands on."""
-    chosen: dict[int, dict[str, Any]] = {}
-    for record in read_metrics(run_dir):
-        if record.get("type") == "resume":
-            chosen = {step: r for step, r in chosen.items() if step <= record["step"]}
-        elif record.get("type") == kind:
-            chosen[record["step"]] = record
-    return dict(sorted(chosen.items()))
+    return standing(read_metrics(run_dir))[kind]
+
+
+def standing(records: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
+    """For "train" and "eval": the record of each step the run stands on, by step, in order (a
+    ``resume`` record voids the records after its step that an abandoned attempt had logged)."""
+    chosen: dict[str, dict[int, dict[str, Any]]] = {"train": {}, "eval": {}}
+    for record in records:
+        kind = record.get("type")
+        if kind == "resume":
+            for kept in chosen:
+                chosen[kept] = {step: r for step, r in chosen[kept].items() if step <= record["step"]}
+        elif kind in chosen:
+            chosen[kind][record["step"]] = record
+    return {kind: dict(sorted(steps.items())) for kind, steps in chosen.items()}
