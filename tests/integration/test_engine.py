@@ -147,6 +147,20 @@ def test_eval_uses_the_validation_file_when_given(tmp_path, tiny_model_dir):
     assert any(isinstance(e, EvalEnded) for e in events)
 
 
+def test_a_run_without_validation_data_finishes_without_an_eval_loss(tmp_path, tiny_model_dir, gsm8k_train):
+    """Fewer than 10 examples and no --val-data: nothing is held out, so nothing is evaluated."""
+    events = []
+    run_dir = (
+        FineTuner(gsm8k_train, model=str(tiny_model_dir), output=tmp_path, max_steps=2, limit=8, **SAMPLE_OPTS)
+        .subscribe(events.append)
+        .train()
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["final_eval_loss"] is None
+    assert not any(isinstance(e, EvalEnded) for e in events)
+    assert (run_dir / "final" / "adapter_model.safetensors").is_file()
+
+
 def test_tensorboard_events_match_the_metrics_log(tmp_path, tiny_model_dir, gsm8k_train):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

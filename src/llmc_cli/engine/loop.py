@@ -282,11 +282,12 @@ class Loop:
             restored = self._restore_best(final)
             final = best.loss
         # best.step == 0: no evaluation, the last one included, beat the base model.
-        diverged = state.recovery.state.rollbacks > 0 or state.controls.guard.eval_diverged(history[-1][1])
+        last = history[-1][1] if history else None  # None: no validation data, so no evaluation
+        diverged = state.recovery.state.rollbacks > 0 or (last is not None and state.controls.guard.eval_diverged(last))
         if best.step == 0 and diverged:
             raise DivergenceError(
                 f"Training diverged and no evaluation beat the base model (step-0 eval loss {best.loss:.4f}; "
-                f"the last adapter's {history[-1][1]:.4f}), after {state.recovery.state.rollbacks} rollback(s) "
+                f"the last adapter's {last:.4f}), after {state.recovery.state.rollbacks} rollback(s) "
                 "with a lower learning rate.",
                 hint="Lower the learning rate 10x or more (--lr), then `llmc train` again.",
             )
