@@ -57,6 +57,21 @@ def test_several_runs_side_by_side(llmc, runs):
     assert [r["findings"][0]["kind"] if r["findings"] else None for r in data["runs"]][0] == "overfitting"
 
 
+def test_png_writes_the_plots_as_image_files(llmc, runs, tmp_path):
+    done = llmc("analyze", "run-1", "--png", tmp_path / "plots", "--no-plots", cwd=runs)
+    assert done.returncode == 0, done.stderr
+    files = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert files == ["grad_norm.png", "loss.png", "lr.png", "tokens_per_s.png"]
+    assert (tmp_path / "plots" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    done = llmc("analyze", "run-1", "run-2", "--png", tmp_path / "both", "--no-plots", cwd=runs)
+    assert done.returncode == 0, done.stderr
+    names = {p.name for p in (tmp_path / "both").iterdir()}
+    assert {"run-1-loss.png", "run-2-loss.png", "compare-train_loss.png", "compare-eval_loss.png"} <= names
+    (tmp_path / "a-file").write_text("")
+    done = llmc("analyze", "run-1", "--png", tmp_path / "a-file", cwd=runs)
+    assert done.returncode == 2 and "is a file, not a folder" in done.stderr
+
+
 def test_runs_list_shows_status_steps_best_eval_and_time(llmc, runs):
     done = llmc("runs", "list", cwd=runs)
     assert done.returncode == 0, done.stderr

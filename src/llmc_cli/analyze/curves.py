@@ -26,7 +26,7 @@ def smooth(values: list[float], window: int) -> list[float]:
     if window <= 1 or len(values) < window:
         return list(values)
     half = window // 2
-    padded = np.pad(np.asarray(values, dtype=float), half, mode="edge")
+    padded = np.pad(np.asarray(values, dtype=float), half, mode="reflect")  # "edge" would let the end value win
     return np.median(np.lib.stride_tricks.sliding_window_view(padded, window), axis=1).tolist()
 
 

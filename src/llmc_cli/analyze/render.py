@@ -9,21 +9,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from llmc_cli.analyze.curves import train_curve
+from llmc_cli.analyze.charts import Chart, compare_charts, run_charts, thin
 from llmc_cli.analyze.report import Analysis
-
-MAX_POINTS = 500  # per series: about two per braille column of the widest plot; more draws nothing new
-
-
-def _thin(xs: list, ys: list) -> tuple[list, list]:
-    """At most MAX_POINTS points: a long series becomes the means of consecutive bins."""
-    if len(xs) <= MAX_POINTS:
-        return xs, ys
-    size = -(-len(xs) // MAX_POINTS)
-    bins = range(0, len(xs), size)
-    return [sum(xs[i : i + size]) / len(xs[i : i + size]) for i in bins], [
-        sum(ys[i : i + size]) / len(ys[i : i + size]) for i in bins
-    ]
 
 
 def render(console: Console, analysis: Analysis, plots: bool = True, log_scale: bool = False) -> None:
@@ -50,21 +37,14 @@ def render(console: Console, analysis: Analysis, plots: bool = True, log_scale: 
 
 
 def _plots(console: Console, analysis: Analysis, log_scale: bool) -> None:
-    r = analysis.records
-    train = train_curve(r)
-    # One batch's loss is mostly noise at this size: the smoothed curve is what can be read.
-    shown = ("train (smoothed)", train.xs, train.smooth) if train is not None else ("train", *r.series("loss"))
-    charts = [("loss", [shown, ("eval", *r.series("eval_loss", r.evals))])]
-    for key, title in (("lr", "learning rate"), ("grad_norm", "gradient norm"), ("tokens_per_s", "tokens/s")):
-        charts.append((title, [(key, *r.series(key))]))
-    for title, series in charts:
-        _chart(console, title, series, log_scale and title == "loss")
+    for chart in run_charts(analysis):
+        _chart(console, chart, log_scale)
 
 
-def _chart(console: Console, title: str, series: list[tuple[str, list, list]], log_scale: bool = False) -> None:
+def _chart(console: Console, chart: Chart, log_scale: bool = False) -> None:
     import plotext
 
-    series = [(name, *_thin(xs, ys)) for name, xs, ys in series if len(xs) >= 2]
+    series = [(name, *thin(xs, ys)) for name, xs, ys in chart.series if len(xs) >= 2]
     if not series:
         return
     figure = plotext.figure
@@ -72,9 +52,9 @@ def _chart(console: Console, title: str, series: list[tuple[str, list, list]], l
     figure.plot_size(max(40, min(console.width, 100)), 12)
     for name, xs, ys in series:
         figure.draw(figure.signal(xs, ys, marker="braille").lines().label(name))
-    if log_scale:
+    if log_scale and chart.loss:
         figure.yscale("log")
-    figure.title(title)
+    figure.title(chart.title)
     figure.label("step", "x")
     console.print(Text.from_ansi(str(figure.build())))
 
@@ -106,10 +86,8 @@ def render_compare(console: Console, analyses: list[Analysis], plots: bool = Tru
     else:
         console.print("The runs' configs are the same (apart from paths and names).")
     if plots:
-        series = [(a.records.run_dir.name, *a.records.series("loss")) for a in analyses]
-        _chart(console, "train loss", series, log_scale)
-        evals = [(a.records.run_dir.name, *a.records.series("eval_loss", a.records.evals)) for a in analyses]
-        _chart(console, "eval loss", evals, log_scale)
+        for chart in compare_charts(analyses):
+            _chart(console, chart, log_scale)
 
 
 IGNORED_IN_DIFF = ("output", "run_name", "data_cache")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 
+from llmc_cli.analyze.curves import train_curve
 from llmc_cli.analyze.findings import Finding, Section, clamp, fmt_lr
 
 MEMORY_CAUSES = ("oom-gpu", "oom-cpu")
@@ -15,36 +16,62 @@ DIVERGED_CAUSES = ("diverged", "eval-diverged", "divergence")  # the learning ra
 def analyze_stability(records) -> Section:
     adjustments = [a for a in records.of("Adjustment") if a.get("cause") not in MEMORY_CAUSES]
     actions = Counter(str(a.get("action")) for a in adjustments)
-    causes = Counter(str(a.get("cause")) for a in adjustments)
     rollbacks = records.of("RolledBack")
     unexplained = [a for a in adjustments if a.get("action") == "rolled-back" and a.get("cause") not in DIVERGED_CAUSES]
-    spikes = causes.get("spike", 0) + sum(1 for w in records.of("TrainingWarning") if w.get("code") == "spike")
-    skipped = sum(
-        1 for a in adjustments if a.get("action") == "skipped-batch" and a.get("cause") not in DIVERGED_CAUSES
-    )
-    norms = [float(r["grad_norm"]) for r in records.steps if isinstance(r.get("grad_norm"), int | float)]
-    section = Section("stability", "", [], {"spikes": spikes, "skipped_steps": skipped, "rollbacks": len(rollbacks),
+    skipped = [a for a in adjustments if a.get("action") == "skipped-batch" and a.get("cause") not in DIVERGED_CAUSES]
+    loss_spikes, norm_spikes = _spikes(records)
+    # A step the engine acted on and a spike seen in the records are one event, counted once.
+    engine = {a.get("step") for a in adjustments if a.get("cause") in ("spike", "non-finite", "instability")}
+    spike_steps = sorted(engine | set(loss_spikes) | set(norm_spikes))
+    section = Section("stability", "", [], {"loss_spikes": loss_spikes, "grad_norm_spikes": norm_spikes,
+                                            "skipped_steps": len(skipped), "rollbacks": len(rollbacks),
                                             "adjustments": dict(actions)})  # fmt: skip
+    if loss_spikes:
+        section.evidence.append(f"loss spikes (over 1.5x the smoothed loss) at step {_steps(loss_spikes)}")
+    if norm_spikes:
+        section.evidence.append(f"gradient-norm explosions (over 10x the recent median) at step {_steps(norm_spikes)}")
     if actions:
         done = ", ".join(f"{n} {a.replace('-', ' ')}" for a, n in actions.items())
         section.evidence.append(f"engine actions: {done}")
     for rollback in rollbacks[:3]:
         section.evidence.append(f"rolled back from step {rollback.get('from_step')} to step {rollback.get('step')}")
+    norms = records.series("grad_norm")[1]
     if len(norms) >= 8:
         quarter = max(2, len(norms) // 4)
         first, last = statistics.median(norms[:quarter]), statistics.median(norms[-quarter:])
         section.figures["grad_norm"] = {"first_quarter": round(first, 4), "last_quarter": round(last, 4)}
         section.evidence.append(f"gradient norm median {first:.3g} in the first quarter, {last:.3g} in the last")
-    trouble = spikes + skipped + len(unexplained)
+    trouble = len(spike_steps) + len(skipped) + len(unexplained)
     if trouble:
         lr = float(records.config.get("lr") or 0)
-        section.verdict = f"unstable: {spikes} spike(s), {skipped} skipped step(s), {len(unexplained)} rollback(s)"
+        summary = (f"{len(spike_steps)} spike(s) (step {_steps(spike_steps)}), {len(skipped)} skipped step(s), "
+                   f"{len(unexplained)} rollback(s)")  # fmt: skip
+        section.verdict = f"unstable: {summary}"
         section.findings.append(Finding(
-            "instability", section.verdict.removeprefix("unstable: "),
-            "; ".join(section.evidence[:3]) or section.verdict,
+            "instability", summary, "; ".join(section.evidence[:3]),
             f"--lr {fmt_lr(lr / 2)}" if lr else "a lower --lr", clamp(0.4 + 0.15 * trouble)))  # fmt: skip
     elif rollbacks:
         section.verdict = "the loss diverged and was rolled back (see the learning rate)"
     else:
         section.verdict = "stable: no spikes, skipped steps or rollbacks"
     return section
+
+
+def _steps(steps: list[int]) -> str:
+    shown = ", ".join(str(s) for s in steps[:6])
+    return shown + (f" and {len(steps) - 6} more" if len(steps) > 6 else "")
+
+
+def _spikes(records) -> tuple[list[int], list[int]]:
+    """Steps whose loss was over 1.5x the smoothed curve and 6 noise widths above it, and steps whose
+    gradient norm was over 10x the median of the 20 before (what the engine calls an explosion)."""
+    c = train_curve(records)
+    loss = []
+    if c is not None:
+        loss = [x for x, y, s in zip(c.xs, c.ys, c.smooth, strict=True) if y > 1.5 * s and y - s > 6 * c.noise]
+    xs, norms = records.series("grad_norm")
+    norm = []
+    for i in range(20, len(norms)):
+        if norms[i] > 10 * statistics.median(norms[i - 20 : i]):
+            norm.append(xs[i])
+    return loss, norm

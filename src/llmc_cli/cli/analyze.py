@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +23,10 @@ def analyze(
     compare: Annotated[
         bool, typer.Option("--compare", help="Runs side by side (the default with several runs).")
     ] = False,
+    png: Annotated[
+        Path | None,
+        typer.Option("--png", metavar="DIR", help="Also write the plots as PNG files in DIR (needs matplotlib)."),
+    ] = None,
 ) -> None:
     """Diagnose a run: convergence, overfitting, learning rate, stability and efficiency, with
     ranked recommendations and the exact llmc train change for each.
@@ -33,25 +38,43 @@ def analyze(
       llmc analyze run-41 run-42 --no-plots
 
       llmc analyze run-42 --json | jq '.findings[0]'
+
+      llmc analyze run-42 --png plots/
     """
     from llmc_cli.analyze import analyze_run
     from llmc_cli.analyze.render import config_diff, render, render_compare
 
     analyses = [analyze_run(run, output) for run in runs]
+    side_by_side = len(analyses) > 1 or compare
+    if png is not None:
+        _write_pngs(analyses, png, side_by_side, log_scale)
     if as_json:
         reports = [a.to_json() for a in analyses]
-        if len(reports) == 1 and not compare:
+        if not side_by_side:
             print(json.dumps(reports[0], indent=2, default=str))
         else:
             print(json.dumps({"runs": reports, "config_diff": config_diff(analyses)}, indent=2, default=str))
         return
     console = Console()
-    if len(analyses) == 1 and not compare:
+    if not side_by_side:
         render(console, analyses[0], plots, log_scale)
         return
     render_compare(console, analyses, plots, log_scale)
     for analysis in analyses:
         render(console, analysis, plots=False)
+
+
+def _write_pngs(analyses, folder: Path, side_by_side: bool, log_scale: bool) -> None:
+    from llmc_cli.analyze.charts import compare_charts, run_charts
+    from llmc_cli.analyze.png import write_pngs
+
+    written = []
+    for analysis in analyses:
+        prefix = f"{analysis.records.run_dir.name}-" if side_by_side else ""
+        written += write_pngs(run_charts(analysis), folder, prefix, log_scale)
+    if side_by_side:
+        written += write_pngs(compare_charts(analyses), folder, "compare-", log_scale)
+    print(f"Wrote {len(written)} plot(s) to {folder}/", file=sys.stderr)
 
 
 runs_app = typer.Typer(help="The runs in an output folder.", no_args_is_help=True)
