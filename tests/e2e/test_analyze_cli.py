@@ -29,7 +29,7 @@ def test_a_piped_report_names_the_problem_and_the_fix_without_escape_codes(llmc,
     assert "Recommendations (most effect first)" in out
     assert "overfitting: the eval loss turned upwards at step 60" in " ".join(out.split())
     assert "--max-steps 60" in out
-    for section in ("convergence:", "overfitting:", "learning rate:", "stability:", "efficiency:"):
+    for section in ("convergence:", "overfitting:", "learning rate:", "stability:", "data:", "efficiency:"):
         assert section in out
     for plot in ("loss", "learning rate", "gradient norm", "tokens/s"):
         assert f" {plot} " in out or f"{plot}\n" in out
@@ -42,8 +42,8 @@ def test_json_has_the_findings_and_sections(llmc, runs):
     data = json.loads(done.stdout)
     assert data["findings"][0]["kind"] == "overfitting"
     assert data["findings"][0]["fix"].startswith("--max-steps 60")
-    assert {s["name"] for s in data["sections"]} == {"convergence", "overfitting", "learning rate", "stability",
-                                                     "efficiency"}  # fmt: skip
+    names = {s["name"] for s in data["sections"]}
+    assert names == {"convergence", "overfitting", "learning rate", "stability", "data", "efficiency"}
     assert "lr_too_high" in data["kinds"]
 
 

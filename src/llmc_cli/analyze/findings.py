@@ -21,10 +21,12 @@ KINDS: dict[str, str] = {
     "underfitting": "the train loss fell little and flattened at a high level",
     "slow_throughput": "time went to something other than training steps, or throughput fell",
     "memory_headroom": "memory was far from full (room for a larger micro-batch) or nearly full",
+    "truncation": "many examples were longer than max_length: cut, or dropped with no answer left",
 }
 # How much fixing each kind is expected to matter, before confidence.
 EFFECT = {"lr_too_high": 0.95, "overfitting": 0.85, "lr_too_low": 0.85, "instability": 0.75, "too_few_steps": 0.65,
-          "plateau": 0.55, "underfitting": 0.5, "slow_throughput": 0.3, "memory_headroom": 0.2}  # fmt: skip
+          "truncation": 0.6, "plateau": 0.55, "underfitting": 0.5, "slow_throughput": 0.3,
+          "memory_headroom": 0.2}  # fmt: skip
 PATHOLOGIES = ("lr_too_high", "lr_too_low", "overfitting", "instability", "too_few_steps", "plateau", "underfitting")
 
 

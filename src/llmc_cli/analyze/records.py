@@ -31,6 +31,7 @@ class RunRecords:
     events: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] | None = None
     failure: dict[str, Any] | None = None
+    data_profile: dict[str, Any] = field(default_factory=dict)  # token lengths of the data (config.json)
     cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # curves, computed once
 
     @property
@@ -83,6 +84,7 @@ def load_run(spec: str | Path, output: Path = Path("runs")) -> RunRecords:
         saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         config = {key: value for section in saved["config"].values() for key, value in section.items()}
         sources = dict(saved.get("sources", {}))
+        profile = saved.get("data_profile") if isinstance(saved.get("data_profile"), dict) else {}
     except (OSError, ValueError, KeyError, AttributeError) as exc:
         raise ConfigError(
             f"{run_dir / 'config.json'} is not an llmc run config ({exc}).",
@@ -102,7 +104,7 @@ def load_run(spec: str | Path, output: Path = Path("runs")) -> RunRecords:
         )
     return RunRecords(
         run_dir, config, sources, steps, evals, _events(run_dir / EVENTS),
-        _json(run_dir / "summary.json"), _json(run_dir / "failure.json"),
+        _json(run_dir / "summary.json"), _json(run_dir / "failure.json"), profile,
     )  # fmt: skip
 
 

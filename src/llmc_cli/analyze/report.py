@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from llmc_cli.analyze.convergence import analyze_convergence
+from llmc_cli.analyze.data import analyze_data
 from llmc_cli.analyze.efficiency import analyze_efficiency
 from llmc_cli.analyze.findings import KINDS, Finding, Section, rank
 from llmc_cli.analyze.lr import analyze_lr
@@ -14,7 +15,7 @@ from llmc_cli.analyze.overfitting import analyze_overfitting
 from llmc_cli.analyze.records import RunRecords, load_run
 from llmc_cli.analyze.stability import analyze_stability
 
-SECTIONS = (analyze_convergence, analyze_overfitting, analyze_lr, analyze_stability, analyze_efficiency)
+SECTIONS = (analyze_convergence, analyze_overfitting, analyze_lr, analyze_stability, analyze_data, analyze_efficiency)
 
 
 @dataclass(frozen=True)
