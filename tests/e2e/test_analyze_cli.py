@@ -4,6 +4,10 @@ real run is analysed in a pseudo-terminal in test_dashboard_pty.py."""
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +102,10 @@ def test_bad_input_gets_one_message_and_a_non_zero_exit(llmc, tmp_path, target, 
     assert done.returncode == 2
     assert message in " ".join(done.stderr.split())
     assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_run_names_complete_in_the_shell(runs):
+    llmc_bin = Path(sys.executable).parent / "llmc"
+    env = {**os.environ, "COMP_WORDS": "llmc analyze run-", "COMP_CWORD": "2", "_LLMC_COMPLETE": "complete_bash"}
+    done = subprocess.run([str(llmc_bin)], capture_output=True, text=True, cwd=runs, env=env, timeout=60)
+    assert done.stdout.split() == ["run-1", "run-2"]

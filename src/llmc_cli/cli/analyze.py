@@ -11,11 +11,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llmc_cli.cli.options import OutputOpt
+from llmc_cli.cli.options import OutputOpt, complete_run
 
 
 def analyze(
-    runs: Annotated[list[str], typer.Argument(help="run-42, 42, a run name, or a run's directory; several compare.")],
+    runs: Annotated[
+        list[str],
+        typer.Argument(
+            help="run-42, 42, a run name, or a run's directory; several compare.", autocompletion=complete_run
+        ),
+    ],
     output: OutputOpt = Path("runs"),
     as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON (findings included).")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Plot the curves in the terminal.")] = True,

@@ -18,6 +18,15 @@ def complete_preset(incomplete: str) -> list[str]:
     return [name for name in (*PRESET_NAMES, *tuned) if name.startswith(incomplete)]
 
 
+def complete_run(ctx: typer.Context, incomplete: str) -> list[str]:
+    """The run directories under --output (``runs/`` by default) whose names start with ``incomplete``."""
+    output = Path(ctx.params.get("output") or "runs")
+    if not output.is_dir():
+        return []
+    names = sorted(p.name for p in output.iterdir() if (p / "config.json").is_file())
+    return [name for name in names if name.startswith(incomplete)]
+
+
 DataOpt = Annotated[Path | None, typer.Option("--data", "-d", help=describe("data"), show_default=False)]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help=describe("model"), show_default=False)]
 PresetOpt = Annotated[
