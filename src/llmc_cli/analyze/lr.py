@@ -36,9 +36,13 @@ def analyze_lr(records: RunRecords) -> Section:
     if c is None or not lrs:
         section.verdict, section.judged = "too few steps to judge the learning rate", False
         return section
+    loss_at = dict(zip(c.xs, c.ys, strict=True))  # a step whose loss was not finite has an LR but no loss
     for name, first, last in _phases(lrs):
-        k = max(1, min(c.window, (last - first + 1) // 3))
-        before, after = statistics.fmean(c.ys[first : first + k]), statistics.fmean(c.ys[last - k + 1 : last + 1])
+        losses = [loss_at[x] for x in xs[first : last + 1] if x in loss_at]
+        if not losses:
+            continue
+        k = max(1, min(c.window, len(losses) // 3))
+        before, after = statistics.fmean(losses[:k]), statistics.fmean(losses[-k:])
         change = (after - before) / c.start if c.start else 0.0
         noise = "" if abs(after - before) > 3 * c.noise * (2 / k) ** 0.5 else " (within the noise)"
         section.evidence.append(
@@ -99,13 +103,11 @@ def analyze_lr(records: RunRecords) -> Section:
     else:
         section.verdict = "effective: the loss fell without the engine having to step in"
     warm = next((p for p in _phases(lrs) if p[0] == "warm-up"), None)
-    if (
-        warm is not None
-        and high
-        and c.significant(c.smooth[warm[2]] - c.smooth[warm[1]])
-        and (c.smooth[warm[2]] > c.smooth[warm[1]])
-    ):
-        section.evidence.append("the loss rose during warm-up: a longer warm-up (warmup_ratio in llmc.toml) may help")
+    smooth_at = dict(zip(c.xs, c.smooth, strict=True))
+    if warm is not None and high and xs[warm[1]] in smooth_at and xs[warm[2]] in smooth_at:
+        rise = smooth_at[xs[warm[2]]] - smooth_at[xs[warm[1]]]
+        if rise > 0 and c.significant(rise):
+            section.evidence.append("the loss rose during warm-up: a longer warm-up (warmup_ratio) may help")
     return section
 
 

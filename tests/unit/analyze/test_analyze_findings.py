@@ -166,3 +166,25 @@ def test_examples_cut_at_max_length_ask_for_a_length_that_keeps_them(tmp_path, m
     assert finding.fix.startswith("--max-length 512")
     assert "88%" in finding.summary and "707 of 800 cut" in finding.evidence
     assert pathologies(analysis) == []
+
+
+def test_live_and_failed_runs_are_read_as_far_as_they_got(tmp_path, make_run):
+    evals = [(0, 2.0)] + [(s, 1.25 + 0.7 * math.exp(-s / 25)) for s in range(10, 41, 10)]
+    live = analyze_run(make_run(tmp_path / "live", decay(40), evals, total=100))
+    assert (live.to_json()["status"], live.to_json()["steps"], live.to_json()["total_steps"]) == ("running", 40, 100)
+    failed = make_run(tmp_path / "failed", decay(40), evals, total=100)
+    (failed / "failure.json").write_text(json.dumps({"cause": "oom-cpu"}))
+    assert analyze_run(failed).to_json()["status"] == "failed"
+
+
+def test_a_step_with_a_non_finite_loss_does_not_break_the_analysis(tmp_path, make_run):
+    evals = [(0, 2.0)] + [(s, 1.25 + 0.7 * math.exp(-s / 25)) for s in range(10, 101, 10)]
+    run = make_run(tmp_path / "run", decay(100), evals)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if '"step": 2,' in line and '"train"' in line:
+            lines[i] = line.replace('"loss": ', '"loss": NaN, "was": ', 1)
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    analysis = analyze_run(run)
+    assert len(analysis.records.series("loss")[0]) == 99 and len(analysis.records.series("lr")[0]) == 100
+    assert all(s.verdict for s in analysis.sections)
