@@ -63,8 +63,20 @@ def test_a_grid_covers_exactly_its_points_and_a_failed_trial_does_not_end_the_st
 
 
 def test_pruning_stops_a_bad_trial_early_and_an_interrupted_study_goes_on_where_it_was(
-    tmp_path, tiny_model_dir, gsm8k_train
+    tmp_path, tiny_model_dir, gsm8k_train, monkeypatch
 ):
+    import gc
+
+    from llmc_cli.engine import recovery
+
+    alive, release = [], recovery.release_memory  # models reachable when a trial's memory is handed back
+
+    def release_and_count():
+        gc.collect()
+        alive.append(sum(1 for o in gc.get_objects() if type(o).__name__ == "PeftModelForCausalLM"))
+        release()
+
+    monkeypatch.setattr(recovery, "release_memory", release_and_count)
     space = Space((Dimension("lr", choices=(3e-3, 2e-3, 1e-7)),))
     settings = TuneSettings(trials=4, method="random", pruner="median", budget_steps=4)
     study = open_study(tmp_path / "p", "p", None, settings, space)
@@ -90,3 +102,4 @@ def test_pruning_stops_a_bad_trial_early_and_an_interrupted_study_goes_on_where_
     trials = describe(study)["trials"]
     assert finished(study) == 4 and trials[-1]["state"] == "COMPLETE"
     assert trials[-1]["params"] == trials[3]["params"]  # the interrupted trial ran again
+    assert alive == [0] * 5  # complete, pruned and interrupted trials alike

@@ -272,25 +272,28 @@ class _Objective:
         if self.subscribe is not None and (extra := self.subscribe(trial)) is not None:
             tuner.subscribe(extra)
         trial.set_user_attr("run_dir", str(self.folder / "trials" / f"trial-{trial.number}"))
+        failure: RunInterrupted | TrainingError | None = None
         try:
             run_dir = tuner.train(stop=stop)
-        except RunInterrupted:
-            trial.set_user_attr("tokens", seen["tokens"])
+        except (RunInterrupted, TrainingError) as exc:
+            # The traceback's frames hold the trial's model and optimizer: drop them before freeing memory,
+            # or a pruned or failed trial's model is still alive when the memory is handed back.
+            failure = exc.with_traceback(None)
+            failure.__context__ = failure.__cause__ = None
+        del tuner
+        release_memory()
+        trial.set_user_attr("rss_after_mb", round(psutil.Process().memory_info().rss / 2**20, 1))
+        trial.set_user_attr("tokens", seen["tokens"])
+        if isinstance(failure, RunInterrupted):
             if stop.reason == "pruned":
-                raise optuna.TrialPruned() from None
+                raise optuna.TrialPruned()
             trial.set_user_attr("interrupted", True)
             trial.study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number, "interrupted_rerun": True})
-            raise
-        except TrainingError as exc:
-            trial.set_user_attr("failure", f"{exc.title}: {exc.message}")
-            trial.set_user_attr("tokens", seen["tokens"])
-            raise
-        finally:
-            del tuner
-            release_memory()
-            trial.set_user_attr("rss_after_mb", round(psutil.Process().memory_info().rss / 2**20, 1))
+            raise failure
+        if failure is not None:
+            trial.set_user_attr("failure", f"{failure.title}: {failure.message}")
+            raise failure
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-        trial.set_user_attr("tokens", seen["tokens"])
         value = summary.get("final_eval_loss")
         if value is None:
             raise TrainingError(
