@@ -88,7 +88,13 @@ def _judge(section: Section, records: RunRecords, c: TrainCurve, e: EvalCurve | 
                                         _more_training(records, last), confidence))  # fmt: skip
         return
     flat_at, drop = (e.step_90(), e.relative_drop) if e is not None else (c.step_90, c.relative_drop)
-    flat_tail = (e.late_gain(0.5) < 0.1) if e is not None else not c.tail_significant
+    # Flat: the second half added under a tenth of the gain AND under 1 % of the loss (a large first drop,
+    # such as a base model learning the answer format, makes a tenth of the gain still worth having).
+    flat_tail = (
+        e.late_gain(0.5) < 0.1 and e.late_gain(0.5) * (e.first - e.best[1]) < 0.01 * e.best[1]
+        if e is not None
+        else not c.tail_significant
+    )
     if drop >= 0.01 and flat_tail and flat_at <= 0.4 * last and len(c.xs) >= 30:
         stop = max(1, round(flat_at * 1.5))
         section.verdict = f"converged by step {flat_at}: the rest of the run bought little"

@@ -188,3 +188,13 @@ def test_a_step_with_a_non_finite_loss_does_not_break_the_analysis(tmp_path, mak
     analysis = analyze_run(run)
     assert len(analysis.records.series("loss")[0]) == 99 and len(analysis.records.series("lr")[0]) == 100
     assert all(s.verdict for s in analysis.sections)
+
+
+def test_a_big_first_drop_then_a_late_gain_worth_having_is_not_a_plateau(tmp_path, make_run):
+    """SmolLM2 at LR 2e-3: eval 1.415 -> 0.868 by step 18, then 0.815 at 48: 90 % of the gain came
+    early, but the second half still took 5 % off the loss."""
+    evals = [(0, 1.415), (6, 0.968), (12, 0.892), (18, 0.868), (24, 0.858), (30, 0.838), (36, 0.825),
+             (42, 0.817), (48, 0.815)]  # fmt: skip
+    train = {s: 0.7 + 0.5 * math.exp(-s / 8) for s in range(1, 49)}
+    analysis = analyze_run(make_run(tmp_path / "run", train, evals, ratio=1.4e-2))
+    assert pathologies(analysis) == []
