@@ -54,7 +54,7 @@ def analyze_lr(records: RunRecords) -> Section:
     rollbacks = records.of("RolledBack")
     clipped = [r for r in records.steps if r.get("clip_threshold") and r.get("grad_norm", 0) > r["clip_threshold"]]
     clip_rate = len(clipped) / len(records.steps)
-    ratios = [r["update_ratio"] for r in records.steps if isinstance(r.get("update_ratio"), int | float)]
+    ratios = records.series("update_ratio")[1]
     ratio = statistics.median(ratios) if ratios else None
     section.figures.update({"clip_rate": round(clip_rate, 3), "median_update_ratio": ratio,
                             "engine_lr_cuts": len(cuts), "plateau_lr_cuts": len(plateau_cuts),

@@ -61,13 +61,10 @@ class RunRecords:
         """(steps, values) of ``key`` over the train steps (or ``records``), finite numbers only."""
         if records is None and ("series", key) in self.cache:
             return self.cache["series", key]
-        steps, values = [], []
-        finite = math.isfinite
-        for record in self.steps if records is None else records:
-            value = record.get(key)
-            if value.__class__ in (float, int) and finite(value):
-                steps.append(record["step"])
-                values.append(float(value))
+        finite, number = math.isfinite, (float, int)
+        pairs = [(r["step"], v) for r in (self.steps if records is None else records)
+                 if (v := r.get(key)).__class__ in number and finite(v)]  # fmt: skip
+        steps, values = [p[0] for p in pairs], [float(p[1]) for p in pairs]
         if records is None:
             self.cache["series", key] = (steps, values)
         return steps, values

@@ -69,9 +69,11 @@ def _spikes(records) -> tuple[list[int], list[int]]:
     loss = []
     if c is not None:
         loss = [x for x, y, s in zip(c.xs, c.ys, c.smooth, strict=True) if y > 1.5 * s and y - s > 6 * c.noise]
+    import numpy as np
+
     xs, norms = records.series("grad_norm")
-    norm = []
-    for i in range(20, len(norms)):
-        if norms[i] > 10 * statistics.median(norms[i - 20 : i]):
-            norm.append(xs[i])
-    return loss, norm
+    if len(norms) <= 20:
+        return loss, []
+    values = np.asarray(norms)
+    recent = np.median(np.lib.stride_tricks.sliding_window_view(values[:-1], 20), axis=1)  # the 20 before each
+    return loss, [xs[i] for i in (np.nonzero(values[20:] > 10 * recent)[0] + 20).tolist()]
