@@ -8,8 +8,8 @@ seed, packing, batch size, the number of preparation processes) reuses it. The s
 packing choose a layout inside the entry (data/layout.py).
 
 Files with at least ``PARALLEL_FROM`` records are encoded by a pool of processes (one per
-core by default); the parent streams records to them in chunks, with at most two chunks per
-worker in flight, and writes their results in file order, so memory stays flat whatever the
+core by default, data/workers.py); the parent streams records to them in chunks, one chunk
+per worker in flight, and writes their results in file order, so memory stays flat whatever the
 file's size and the result does not depend on the number of processes. Starting a worker
 costs about 4 s (it imports transformers), and one process already tokenises on two threads,
 so on 2 cores two workers encode a 1,024-example chunk in 0.17 s against 0.26 s in-process:
@@ -23,12 +23,9 @@ import json
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -41,7 +38,7 @@ from llmc_cli.data.formats import Example, Normaliser
 from llmc_cli.data.layout import load_or_build
 from llmc_cli.data.readers import iter_records
 from llmc_cli.data.scan import DataScan
-from llmc_cli.data.tokenize import EncodedChunk, encode_chunk
+from llmc_cli.data.workers import Encoder
 from llmc_cli.durable import disk_errors
 from llmc_cli.errors import DataError, RunInterrupted
 
@@ -139,7 +136,7 @@ def _build(
     started = time.monotonic()
     writer = EntryWriter(root, key, dtype)
     try:
-        with _Encoder(tokenizer, options, workers) as encoder, _terminate_raises():
+        with Encoder(tokenizer, options, workers) as encoder, _terminate_raises():
             last, reported = started, 0
             for source, path, limit in sources:
                 for lines, outcomes in encoder.run(_chunks(path, scan.format, limit)):
@@ -226,76 +223,3 @@ def _chunks(path: Path, fmt: str, limit: int | None) -> Iterator[tuple[list[int]
             lines, examples = [], []
     if examples:
         yield lines, examples
-
-
-_WORKER: dict = {}
-PR_SET_PDEATHSIG = 1
-
-
-def _init_worker(tokenizer, options: tuple) -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one process per core already
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C reaches the whole group
-    _die_with_parent()
-    _WORKER["tokenizer"], _WORKER["options"] = tokenizer, options
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel sends SIGKILL to this worker if the parent dies (even by SIGKILL)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os._exit(1)
-    except OSError:
-        pass
-
-
-def _encode_in_worker(examples: list[Example]) -> EncodedChunk:
-    return encode_chunk(_WORKER["tokenizer"], examples, *_WORKER["options"])
-
-
-class _Encoder:
-    """Encodes chunks in order, in this process (``workers == 1``) or in a pool of processes."""
-
-    def __init__(self, tokenizer, options: tuple, workers: int) -> None:
-        self.tokenizer, self.options, self.workers = tokenizer, options, workers
-        self.pool: ProcessPoolExecutor | None = None
-
-    def __enter__(self) -> _Encoder:
-        if self.workers > 1:
-            import multiprocessing
-
-            self.pool = ProcessPoolExecutor(
-                self.workers,
-                mp_context=multiprocessing.get_context("spawn"),  # no fork of a process holding threads
-                initializer=_init_worker,
-                initargs=(self.tokenizer, self.options),
-            )
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.pool is None:
-            return
-        if exc[0] is not None:  # stopped or failed: do not wait for the chunks in flight
-            for process in list(getattr(self.pool, "_processes", {}).values()):
-                process.terminate()
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-    def run(self, chunks: Iterator[tuple[list[int], list[Example]]]) -> Iterator[tuple[list[int], EncodedChunk]]:
-        if self.pool is None:
-            for lines, examples in chunks:
-                yield lines, encode_chunk(self.tokenizer, examples, *self.options)
-            return
-        pending: deque = deque()
-        for lines, examples in chunks:
-            pending.append((lines, self.pool.submit(_encode_in_worker, examples)))
-            if len(pending) >= 2 * self.workers:
-                lines_done, future = pending.popleft()
-                yield lines_done, future.result()
-        while pending:
-            lines_done, future = pending.popleft()
-            yield lines_done, future.result()

@@ -214,13 +214,23 @@ main()
 """
 
 
+@pytest.fixture
+def long_data(tmp_path, gsm8k_train) -> Path:
+    """At least 6,000 records (the sample repeated where ../shared is absent): about 100 chunks of 64,
+    so a preparation is still running when the test acts on it."""
+    lines = gsm8k_train.read_text().splitlines()
+    path = tmp_path / "long.jsonl"
+    path.write_text("\n".join(lines * -(-6000 // len(lines))) + "\n")
+    return path
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_stops_a_parallel_preparation_cleanly(tmp_path, tiny_model_dir, gsm8k_train, signum):
+def test_a_signal_stops_a_parallel_preparation_cleanly(tmp_path, tiny_model_dir, long_data, signum):
     import psutil
 
     root = tmp_path / "cache"
     child = subprocess.Popen(
-        [sys.executable, "-c", STOPPABLE, str(gsm8k_train), str(tiny_model_dir), str(root)],
+        [sys.executable, "-c", STOPPABLE, str(long_data), str(tiny_model_dir), str(root)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
@@ -239,3 +249,24 @@ def test_a_signal_stops_a_parallel_preparation_cleanly(tmp_path, tiny_model_dir,
     assert not list(root.glob("*.partial-*")) and not list(root.glob("*/manifest.json"))
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, f"workers left running: {alive}"
+
+
+def test_a_killed_preparation_worker_ends_in_a_data_error_not_a_hang(tmp_path, tiny_model_dir, long_data):
+    import psutil
+
+    root = tmp_path / "cache"
+    child = subprocess.Popen(
+        [sys.executable, "-c", STOPPABLE, str(long_data), str(tiny_model_dir), str(root)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not any(p.stat().st_size > 0 for p in root.glob("*.partial-*/tokens.bin")):
+        assert child.poll() is None and time.monotonic() < deadline, "the preparation ended before the kill"
+        time.sleep(0.05)
+    workers = [w for w in psutil.Process(child.pid).children() if "spawn_main" in " ".join(w.cmdline())]
+    workers[0].kill()  # as the out-of-memory killer would
+    output, _ = child.communicate(timeout=180)
+    assert child.returncode == 3, output
+    assert "worker stopped unexpectedly (exit code -9" in output and "--data-workers 1" in output
+    assert "Traceback" not in output
+    assert not list(root.glob("*.partial-*")) and not list(root.glob("*/manifest.json"))
