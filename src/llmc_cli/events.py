@@ -158,13 +158,18 @@ _STOP = object()
 
 
 class EventBus:
-    """A queue between the loop (producer) and subscribers (consumers)."""
+    """A queue between the loop (producer) and subscribers (consumers).
+
+    ``RunEnded`` is the last event subscribers see: what is emitted after it (the system
+    sampler's last tick, from its own thread, before it is stopped) is dropped, so a tracker
+    never gets a metric after it finished its run."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._subscribers: list[Subscriber] = []
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._ended = False
 
     def subscribe(self, subscriber: Subscriber) -> None:
         """Add a consumer; it receives the events emitted from now on."""
@@ -185,7 +190,11 @@ class EventBus:
 
     def emit(self, event: Event) -> None:
         """Enqueue an event; never blocks the caller on a consumer."""
-        self._queue.put(event)
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = isinstance(event, RunEnded)
+            self._queue.put(event)
 
     def flush(self) -> None:
         """Wait until every event emitted so far has been handed to the subscribers."""

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from llmc_cli.events import EvalEnded, EventBus, TrainingWarning
+from llmc_cli.events import EvalEnded, EventBus, RunEnded, SystemSampled, TrainingWarning
 from llmc_cli.optimize.hardware import Hardware, choose_precision, cpu_has_native_bf16
 
 
@@ -27,6 +27,20 @@ def test_bus_delivers_in_order_and_survives_a_broken_consumer(capsys):
     assert seen == list(range(50))
     assert threads == {"llmc-events"}  # consumers never run on the training thread
     assert "failed and was detached: display crashed" in capsys.readouterr().err
+
+
+def test_run_ended_is_the_last_event_subscribers_see():
+    from llmc_cli.monitor.system import SystemSampler
+
+    seen = []
+    bus = EventBus()
+    bus.subscribe(lambda event: seen.append(type(event).__name__))
+    with bus, SystemSampler(bus, interval_s=0.001):  # the sampler stops only after the run's end
+        bus.emit(EvalEnded(step=1, eval_loss=1.0, perplexity=2.7, tokens=1, duration_s=0.0))
+        bus.emit(RunEnded("completed", "runs/run-1", None, {}))
+        bus.emit(SystemSampled(cpu_percent=1.0, rss_mb=1.0, ram_percent=1.0, gpus=[]))
+        threading.Event().wait(0.05)  # ticks of the sampler after RunEnded
+    assert seen[-1] == "RunEnded" and "EvalEnded" in seen
 
 
 def test_event_to_dict_names_the_kind():
