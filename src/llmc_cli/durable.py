@@ -17,7 +17,7 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -139,17 +139,22 @@ def read_json(path: Path) -> Any:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every JSON object of a JSON-lines file, in order; lines that do not parse (the torn last
-    line of a killed writer) are skipped, and a missing file reads as empty."""
+    """Every JSON object of a JSON-lines file, in order (see :func:`parse_jsonl`); a missing file
+    reads as empty."""
+    return parse_jsonl(path.read_text(encoding="utf-8").splitlines()) if path.is_file() else []
+
+
+def parse_jsonl(lines: Iterable[str]) -> list[dict[str, Any]]:
+    """The JSON objects among ``lines``; lines that do not parse (the torn last line of a killed
+    writer) are skipped."""
     records = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 

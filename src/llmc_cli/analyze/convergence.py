@@ -104,8 +104,7 @@ def _judge(section: Section, records: RunRecords, c: TrainCurve, e: EvalCurve | 
             f"--max-steps {stop} (the same loss for {1 - stop / last:.0%} less compute), or --preset bestaccuracy "
             "for a lower floor", clamp(1.2 - 2 * flat_at / last)))  # fmt: skip
         return
-    ratios = records.series("update_ratio")[1]
-    ratio = sorted(ratios)[len(ratios) // 2] if ratios else None
+    ratio = records.median_update_ratio()
     # Underfitting: neither loss moved (a train loss that fell alone is the overfitting section's).
     if drop < 0.01 and c.relative_drop < 0.05 and len(c.xs) >= 20 and (ratio is None or ratio >= LOW_UPDATE_RATIO):
         section.verdict = f"underfitting: the loss fell only {drop:.1%}"

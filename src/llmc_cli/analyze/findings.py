@@ -28,6 +28,9 @@ EFFECT = {"lr_too_high": 0.95, "overfitting": 0.85, "lr_too_low": 0.85, "instabi
           "truncation": 0.6, "plateau": 0.55, "underfitting": 0.5, "slow_throughput": 0.3,
           "memory_headroom": 0.2}  # fmt: skip
 PATHOLOGIES = ("lr_too_high", "lr_too_low", "overfitting", "instability", "too_few_steps", "plateau", "underfitting")
+# Adjustment and failure causes of a diverged loss (engine/recovery.DIVERGED and the failure report's
+# "divergence"); the learning rate's section judges them, the stability section leaves them to it.
+DIVERGED_CAUSES = ("diverged", "eval-diverged", "divergence")
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,11 @@ import statistics
 
 from llmc_cli.analyze.convergence import LOW_UPDATE_RATIO
 from llmc_cli.analyze.curves import EvalCurve, TrainCurve, eval_curve, train_curve
-from llmc_cli.analyze.findings import Finding, Section, clamp, fmt_lr
+from llmc_cli.analyze.findings import DIVERGED_CAUSES, Finding, Section, clamp, fmt_lr
 from llmc_cli.analyze.records import RunRecords
 
 HIGH_UPDATE_RATIO = 2e-2  # SmolLM2-135M on GSM8K: 6e-3 at LR 3e-4, 1e-2 at 6.7e-4, 5e-2 at 1.1e-3
 TROUBLE_CAUSES = ("spike", "non-finite", "instability")
-DIVERGED_CAUSES = ("diverged", "eval-diverged", "divergence")  # far above where the run started
 
 
 def _phases(lrs: list[float]) -> list[tuple[str, int, int]]:
@@ -54,8 +53,7 @@ def analyze_lr(records: RunRecords) -> Section:
     rollbacks = records.of("RolledBack")
     clipped = [r for r in records.steps if r.get("clip_threshold") and r.get("grad_norm", 0) > r["clip_threshold"]]
     clip_rate = len(clipped) / len(records.steps)
-    ratios = records.series("update_ratio")[1]
-    ratio = statistics.median(ratios) if ratios else None
+    ratio = records.median_update_ratio()
     section.figures.update({"clip_rate": round(clip_rate, 3), "median_update_ratio": ratio,
                             "engine_lr_cuts": len(cuts), "plateau_lr_cuts": len(plateau_cuts),
                             "rollbacks": len(rollbacks)})  # fmt: skip

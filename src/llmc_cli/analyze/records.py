@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmc_cli.durable import parse_jsonl
 from llmc_cli.engine.record import EVENTS, METRICS, read_metrics, standing
 from llmc_cli.errors import ConfigError
 
@@ -68,6 +70,11 @@ class RunRecords:
         if records is None:
             self.cache["series", key] = (steps, values)
         return steps, values
+
+    def median_update_ratio(self) -> float | None:
+        """The median |ΔW|/|W| of the adapter's steps, None where the run did not record it."""
+        ratios = self.series("update_ratio")[1]
+        return statistics.median(ratios) if ratios else None
 
 
 def load_run(spec: str | Path, output: Path = Path("runs")) -> RunRecords:
@@ -134,17 +141,7 @@ def _events(path: Path) -> list[dict[str, Any]]:
     if len(samples) > MAX_SAMPLES:
         keep = set(samples[:: -(-len(samples) // MAX_SAMPLES)])
         skip = set(samples) - keep
-    events = []
-    for i, line in enumerate(lines):
-        if i in skip:
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # the torn last line of a killed writer
-        if isinstance(event, dict):
-            events.append(event)
-    return events
+    return parse_jsonl(line for i, line in enumerate(lines) if i not in skip)
 
 
 def _json(path: Path) -> dict[str, Any] | None:

@@ -7,10 +7,9 @@ import statistics
 from collections import Counter
 
 from llmc_cli.analyze.curves import train_curve
-from llmc_cli.analyze.findings import Finding, Section, clamp, fmt_lr
+from llmc_cli.analyze.findings import DIVERGED_CAUSES, Finding, Section, clamp, fmt_lr
 
 MEMORY_CAUSES = ("oom-gpu", "oom-cpu")
-DIVERGED_CAUSES = ("diverged", "eval-diverged", "divergence")  # the learning rate's section judges these
 
 
 def analyze_stability(records) -> Section:

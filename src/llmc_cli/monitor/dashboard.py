@@ -33,7 +33,7 @@ from llmc_cli.events import (
     SystemSampled,
     TrainingWarning,
 )
-from llmc_cli.monitor.progress import _duration, describe_data, describe_note, describe_start, describe_warning
+from llmc_cli.monitor.progress import describe_data, describe_note, describe_start, describe_warning, duration
 
 SPARK = "▁▂▃▄▅▆▇█"
 REFRESH_PER_S = 2  # a frame costs ~6 ms of CPU; twice a second is plenty for training curves
@@ -126,8 +126,8 @@ class Dashboard:
         total = s.started.total_steps if s.started else 1
         step = s.step.step if s.step else (s.resumed_from or 0)
         epoch = f"{s.step.epoch:.2f}" if s.step else "-"
-        elapsed = _duration(s.step.elapsed_s) if s.step else "-"
-        eta = _duration(s.step.eta_s) if s.step else "-"
+        elapsed = duration(s.step.elapsed_s) if s.step else "-"
+        eta = duration(s.step.eta_s) if s.step else "-"
         resumed = f"  (resumed at {s.resumed_from})" if s.resumed_from is not None else ""
         line = Text(f"step {step}/{total}  epoch {epoch}  elapsed {elapsed}  ETA {eta}{resumed}")
         return Panel(Group(line, ProgressBar(total=total, completed=step)), title="progress")

@@ -22,7 +22,8 @@ from llmc_cli.events import (
 )
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A clock reading, h:mm:ss (elapsed time and ETA on the dashboard, the progress lines and the study view)."""
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
@@ -39,7 +40,7 @@ def describe_data(event: DataProgress) -> str:
     """``Preparing data: 41% 73,000/178,667 records, 2,950/s, ETA 0:00:35``."""
     share = event.done / event.total if event.total else 1.0
     rate = event.done / event.elapsed_s if event.elapsed_s > 0 else 0.0
-    eta = f", ETA {_duration(event.eta_s)}" if event.eta_s is not None and event.done < event.total else ""
+    eta = f", ETA {duration(event.eta_s)}" if event.eta_s is not None and event.done < event.total else ""
     verb = "Prepared data" if event.done >= event.total else "Preparing data"
     return (
         f"{verb} ({event.stage}): {share:.0%} {event.done:,}/{event.total:,} records, "
@@ -85,7 +86,7 @@ class PlainLog:
             self.console.print(
                 f"step {event.step:>6}/{event.total_steps}  epoch {event.epoch:.2f}  loss {event.loss:.4f}  "
                 f"lr {event.lr:.2e}  grad {event.grad_norm:.3f}  {event.tokens_per_s:,.0f} tok/s  "
-                f"eta {_duration(event.eta_s)}",
+                f"eta {duration(event.eta_s)}",
                 highlight=False,
                 soft_wrap=True,
             )

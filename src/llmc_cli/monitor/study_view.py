@@ -26,7 +26,7 @@ from rich.text import Text
 
 from llmc_cli.events import EvalEnded, Event, RunStarted, StepEnded
 from llmc_cli.monitor.dashboard import REFRESH_PER_S, sparkline
-from llmc_cli.monitor.progress import _duration
+from llmc_cli.monitor.progress import duration
 
 
 @dataclass
@@ -136,7 +136,7 @@ class StudyView:
         eta = self._eta_s()
         line = Text(
             f"trial {current}/{self.trials}   complete {c.complete}  pruned {c.pruned}  failed {c.failed}   "
-            f"best so far {best}   ETA {_duration(eta) if eta is not None else '-'}"
+            f"best so far {best}   ETA {duration(eta) if eta is not None else '-'}"
         )
         return Panel(Group(line, ProgressBar(total=self.trials, completed=c.finished)), title=f"study {self.name}")
 
@@ -148,7 +148,7 @@ class StudyView:
         step = trial.step
         total = trial.total_steps or 1
         progress = (
-            f"step {step.step}/{total}  ETA {_duration(step.eta_s)}  train loss {step.loss:.4f}"
+            f"step {step.step}/{total}  ETA {duration(step.eta_s)}  train loss {step.loss:.4f}"
             if step is not None
             else "preparing"
         )
