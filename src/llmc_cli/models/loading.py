@@ -14,8 +14,36 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 BILLION = 1e9
 
 
+_TOKENIZERS: dict[tuple, Any] = {}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")  # not part of a tokenizer's identity
+
+
 def load_tokenizer(source: ModelSource):
-    """The model's tokenizer, with a pad token (needed to batch; it never carries loss)."""
+    """The model's tokenizer, with a pad token (needed to batch; it never carries loss).
+
+    Loaded once per process for a folder whose files have not changed: a plan profiles the
+    data with it and the dry run, the session and every trial of a study use it again
+    (the Llama-2 tokenizer.json takes about 0.5 s to parse). llmc never changes a tokenizer
+    after this function has set its pad token."""
+    key = _tokenizer_key(source)
+    if key in _TOKENIZERS:
+        return _TOKENIZERS[key]
+    tokenizer = _load_tokenizer(source)
+    _TOKENIZERS.clear()  # one at a time: a study or a run uses one model
+    _TOKENIZERS[key] = tokenizer
+    return tokenizer
+
+
+def _tokenizer_key(source: ModelSource) -> tuple:
+    if not source.local:
+        return (source.location,)
+    from pathlib import Path
+
+    files = sorted(p for p in Path(source.location).glob("*") if p.is_file() and p.suffix not in WEIGHT_SUFFIXES)
+    return (source.location, *((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files))
+
+
+def _load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
     try:
