@@ -91,3 +91,21 @@ def test_a_checkpoint_that_meets_a_full_disk_is_dropped_whatever_the_error_type(
                                  Faults(parse(f"checkpoint.write@6:{action}")))  # fmt: skip
     with pytest.raises(DiskFull, match="Could not write the checkpoint of step 6"):
         stopping.save(6, write, "interval")
+
+
+@pytest.mark.parametrize(
+    "lines, expected",
+    [
+        (['{"step": 1}', '{"step": 2}'], [1, 2]),
+        (['{"step": 1}', '{"step": 2}', '{"step": 3, "lo'], [1, 2]),  # a killed writer's torn last line
+        (['{"step": 1}', '{"step": 2, "lo', '{"step": 3}'], [1, 3]),  # torn, then appended to by a resume
+        (['{"step": 1}', "", "  ", '{"step": 2}'], [1, 2]),  # blank lines
+        (['{"step": 1}', "[1, 2]", "7", '{"step": 2}'], [1, 2]),  # valid JSON that is not an object
+        (['{"step": 1', "2}"], []),  # two halves that only make an object when joined
+        ([], []),
+    ],
+)
+def test_parse_jsonl_keeps_every_whole_object_and_only_those(lines, expected):
+    from llmc_cli.durable import parse_jsonl
+
+    assert [record["step"] for record in parse_jsonl(lines)] == expected
