@@ -16,7 +16,10 @@ from llmc_cli.models.loading import DTYPES
 SAMPLE_OPTS = dict(preset="highspeed", max_length=256, batch_size=4, grad_accum=2, env_file=None)
 
 
-def test_finetuner_writes_a_complete_run(tmp_path, tiny_model_dir, gsm8k_train):
+def test_finetuner_writes_a_complete_run(tmp_path, tiny_model_dir, gsm8k_train, monkeypatch):
+    from llmc_cli.optimize import throughput
+
+    monkeypatch.setattr(throughput, "PEAK_PROBE_FROM_S", 0.0)
     events = []
     tuner = FineTuner(
         gsm8k_train,
@@ -50,6 +53,7 @@ def test_finetuner_writes_a_complete_run(tmp_path, tiny_model_dir, gsm8k_train):
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 6
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 6
+    assert summary["matmul_peak_flops_per_s"] > 1e8  # measured after training (from 60 s of it; 0 here)
     assert summary["final_eval_loss"] < summary["initial_eval_loss"]
     kinds = [type(e) for e in events]
     assert kinds.index(RunStarted) < kinds.index(StepEnded)

@@ -60,7 +60,12 @@ def analyze_efficiency(records) -> Section:
     if summary.get("tokens_per_s") and summary.get("total_params"):
         flops = 4 * summary["total_params"] * summary["tokens_per_s"]  # LoRA: forward + input gradients
         section.figures["model_flops_per_s"] = flops
-        section.evidence.append(f"about {flops / 1e9:,.1f} GFLOP/s of model compute (4·parameters·tokens/s)")
+        measured = f"about {flops / 1e9:,.1f} GFLOP/s of model compute (4·parameters·tokens/s)"
+        peak = summary.get("matmul_peak_flops_per_s")
+        if peak:
+            section.figures["model_flops_share_of_peak"] = round(flops / peak, 3)
+            measured += f", {flops / peak:.0%} of this machine's measured matmul peak ({peak / 1e9:,.0f} GFLOP/s)"
+        section.evidence.append(measured)
     section.verdict = "; ".join(f.summary for f in section.findings) or "no time or memory lost worth fixing"
     return section
 

@@ -29,6 +29,7 @@ from llmc_cli.errors import DiskFull, LlmcError, RunInterrupted, UnexpectedFailu
 from llmc_cli.events import EventBus, RunEnded, RunResumed, TrainingWarning
 from llmc_cli.faults import NO_FAULTS, Faults
 from llmc_cli.models.optional import skip_unused_bitsandbytes
+from llmc_cli.optimize import throughput
 
 
 @dataclass
@@ -125,6 +126,10 @@ def _run(plan, run_dir, bus, stop, resume, faults, outcome: _Outcome) -> None:
             bus.emit(TrainingWarning("checkpoint", f"Refused checkpoint {line}"))
         bus.emit(RunResumed(restored.state.position.step, str(resume.checkpoint), refused))
     outcome.result = loop.fit(restored)
+    peak = throughput.run_peak(session.model, session.precision, session.accelerator.device.type,
+                               outcome.result.train_time_s)  # fmt: skip
+    if peak is not None:
+        outcome.facts["matmul_peak_flops_per_s"] = round(peak)
     if config.model.optimize_memory:
         free_memory()  # training's buffers, before export (and a second copy of the model to merge)
     faults.fill_disk("final", run_dir)

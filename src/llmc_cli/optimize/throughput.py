@@ -30,6 +30,7 @@ from llmc_cli.optimize.memory import ModelFacts
 STEP_EFFICIENCY = {("cpu", "bf16"): 0.22, ("cpu", "fp32"): 0.65}
 PROBE_SECONDS = 0.5
 PROBE_ROWS = 1024  # tokens of the probe's matmul: a packed row's worth
+PEAK_PROBE_FROM_S = 60.0  # a run that trained this long records the machine's peak (0.5 s: under 1 %)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,16 @@ def measure_matmul(hidden: int, dtype: str, device: str = "cpu", seconds: float 
         best = max(best, flops / max(time.perf_counter() - started, 1e-9))
         if time.perf_counter() >= deadline:
             return best
+
+
+def run_peak(model, precision: str, device: str, train_time_s: float) -> float | None:
+    """The machine's matmul peak for ``model``'s linear layers in ``precision``, measured after a run
+    that trained at least ``PEAK_PROBE_FROM_S`` (``llmc analyze`` sets the model FLOP/s against it);
+    None for a shorter run or a model without a hidden size."""
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    if train_time_s < PEAK_PROBE_FROM_S or not isinstance(hidden, int):
+        return None
+    return measure_matmul(hidden, precision, device)
 
 
 @dataclass(frozen=True)

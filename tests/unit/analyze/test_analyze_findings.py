@@ -198,3 +198,15 @@ def test_a_big_first_drop_then_a_late_gain_worth_having_is_not_a_plateau(tmp_pat
     train = {s: 0.7 + 0.5 * math.exp(-s / 8) for s in range(1, 49)}
     analysis = analyze_run(make_run(tmp_path / "run", train, evals, ratio=1.4e-2))
     assert pathologies(analysis) == []
+
+
+def test_model_flops_are_set_against_the_peak_the_run_measured(tmp_path, make_run):
+    evals = [(0, 2.0)] + [(s, 1.25 + 0.7 * math.exp(-s / 25)) for s in range(10, 101, 10)]
+    facts = {"total_params": 100_000_000, "tokens_per_s": 500.0}
+    plain = analyze_run(make_run(tmp_path / "plain", decay(100), evals, summary=facts))
+    peaked = analyze_run(make_run(tmp_path / "peak", decay(100), evals,
+                                  summary={**facts, "matmul_peak_flops_per_s": 8e11}))  # fmt: skip
+    section = next(s for s in peaked.sections if s.name == "efficiency")
+    assert section.figures["model_flops_per_s"] == 2e11 and section.figures["model_flops_share_of_peak"] == 0.25
+    assert any("25% of this machine's measured matmul peak (800 GFLOP/s)" in line for line in section.evidence)
+    assert "model_flops_share_of_peak" not in next(s for s in plain.sections if s.name == "efficiency").figures

@@ -62,3 +62,14 @@ def test_the_probe_measures_this_machine_and_the_prediction_scales_with_it():
     one, two = predict(facts, work, speed, 0.5, 10, "test"), predict(facts, work, 2 * speed, 0.5, None, "test")
     assert one.per_step_s == pytest.approx(2 * two.per_step_s) and one.total_s == pytest.approx(10 * one.per_step_s)
     assert two.total_s is None and one.step_flops == step_flops(facts, work)
+
+
+def test_only_a_run_that_trained_a_minute_pays_for_the_peak_probe():
+    from types import SimpleNamespace
+
+    from llmc_cli.optimize.throughput import PEAK_PROBE_FROM_S, run_peak
+
+    model = SimpleNamespace(config=SimpleNamespace(hidden_size=64))
+    assert run_peak(model, "fp32", "cpu", PEAK_PROBE_FROM_S - 1) is None
+    assert run_peak(SimpleNamespace(), "fp32", "cpu", PEAK_PROBE_FROM_S) is None  # no hidden size: no probe
+    assert run_peak(model, "fp32", "cpu", PEAK_PROBE_FROM_S) > 1e8
