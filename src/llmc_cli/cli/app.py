@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from llmc_cli import __version__
-from llmc_cli.cli import analyze, checkpoints, doctor, prepare, presets, resume, train, tune
+from llmc_cli.cli import analyze, checkpoints, doctor, prepare, presets, resume, setup, train, tune
 from llmc_cli.errors import LlmcError
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=True,
 )
+app.command(name="setup")(setup.setup)
 app.command(name="train")(train.train)
 app.command(name="resume")(resume.resume)
 app.command(name="prepare")(prepare.prepare)

@@ -25,7 +25,7 @@ from llmc_cli.models.footprint import footprint
 from llmc_cli.models.kind import check_causal, load_config
 from llmc_cli.optimize.hardware import choose_precision, detect
 from llmc_cli.optimize.memory import ModelFacts
-from llmc_cli.optimize.throughput import STEP_EFFICIENCY, StepWork, measure_matmul, predict
+from llmc_cli.optimize.throughput import STEP_EFFICIENCY, StepWork, machine_speed, predict
 from llmc_cli.paths import data_cache_dir
 
 CHECKPOINT_BYTES_PER_PARAM = 16  # adapter + AdamW exp_avg + exp_avg_sq + best adapter, fp32
@@ -185,7 +185,7 @@ def _time(plan: RunPlan, rows: Rows | None, total_steps: int | None, device: str
         basis = f"an upper bound: rows of {length} tokens, all of them targets (the data is not prepared yet)"
     if cfg.model.quantize != "none":
         basis += "; 4-/8-bit weights are dequantised every step, which this does not count"
-    speed = measure_matmul(facts.hidden_size, precision, device)
+    speed = machine_speed(facts.hidden_size, precision, device)
     return predict(facts, work, speed, efficiency, total_steps, basis).to_dict()
 
 

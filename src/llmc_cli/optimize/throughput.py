@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from functools import cache
 from typing import Any
 
 from llmc_cli.optimize.memory import ModelFacts
@@ -78,6 +79,12 @@ def measure_matmul(hidden: int, dtype: str, device: str = "cpu", seconds: float 
             return best
 
 
+@cache
+def machine_speed(hidden: int, dtype: str, device: str = "cpu") -> float:
+    """:func:`measure_matmul` once per process and shape: a wizard or a study plans many runs of one model."""
+    return measure_matmul(hidden, dtype, device)
+
+
 def run_peak(model, precision: str, device: str, train_time_s: float) -> float | None:
     """The machine's matmul peak for ``model``'s linear layers in ``precision``, measured after a run
     that trained at least ``PEAK_PROBE_FROM_S`` (``llmc analyze`` sets the model FLOP/s against it);
@@ -85,7 +92,7 @@ def run_peak(model, precision: str, device: str, train_time_s: float) -> float |
     hidden = getattr(getattr(model, "config", None), "hidden_size", None)
     if train_time_s < PEAK_PROBE_FROM_S or not isinstance(hidden, int):
         return None
-    return measure_matmul(hidden, precision, device)
+    return machine_speed(hidden, precision, device)
 
 
 @dataclass(frozen=True)
