@@ -14,6 +14,8 @@ from llmc_cli.cli.options import ConfigOpt, DataOpt, ModelOpt, PresetOpt
 from llmc_cli.cli.train import _opt, config_flags, quiet_libraries
 from llmc_cli.config.schema import DataFormat, Overlong
 
+HOW = "How the data is tokenised and packed"
+
 
 def prepare(
     data: DataOpt = None,
@@ -21,13 +23,15 @@ def prepare(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     max_length: Annotated[int | None, _opt("max_length", "--max-length")] = None,
-    format: Annotated[DataFormat | None, _opt("format", "--format")] = None,  # noqa: A002 - the config key
-    overlong: Annotated[Overlong | None, _opt("overlong", "--overlong")] = None,
+    format: Annotated[DataFormat | None, _opt("format", "--format", metavar="<choice>")] = None,  # noqa: A002 - the config key
+    overlong: Annotated[Overlong | None, _opt("overlong", "--overlong", metavar="<choice>")] = None,
     limit: Annotated[int | None, _opt("limit", "--limit")] = None,
     val_data: Annotated[Path | None, _opt("val_data", "--val-data")] = None,
     seed: Annotated[int | None, _opt("seed", "--seed")] = None,
-    train_on_prompt: Annotated[bool | None, _opt("train_on_prompt", "--train-on-prompt/--no-train-on-prompt")] = None,
-    packing: Annotated[bool | None, _opt("packing", "--packing/--no-packing")] = None,
+    train_on_prompt: Annotated[
+        bool | None, _opt("train_on_prompt", "--train-on-prompt/--no-train-on-prompt", rich_help_panel=HOW)
+    ] = None,
+    packing: Annotated[bool | None, _opt("packing", "--packing/--no-packing", rich_help_panel=HOW)] = None,
     data_cache: Annotated[Path | None, _opt("data_cache", "--data-cache")] = None,
     data_workers: Annotated[int | None, _opt("data_workers", "--workers", "--data-workers")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the prepared data in the cache and exit.")] = False,

@@ -95,3 +95,50 @@ def show(
             "A run then fits these values to its data and memory (optimize_for_data, optimize_memory); "
             "llmc train --dry-run shows the result and why."
         )
+
+
+@app.command("recommend")
+def recommend(
+    data: Annotated[Path, typer.Option("--data", "-d", help="The training data file.")],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="A model folder or hub id (default: the model folder found here)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the options and the choice as JSON.")] = False,
+) -> None:
+    """Which preset suits this data on this machine: each preset's fit, steps and time, and why one.
+
+    Example: llmc presets recommend --data train.jsonl --model ./TinyLlama-1.1B-Chat
+    """
+    import json
+
+    from llmc_cli.cli.train import quiet_libraries
+    from llmc_cli.setup.assess import assess_presets
+    from llmc_cli.setup.recommend import bucket_of, recommend_preset
+    from llmc_cli.setup.tables import presets_table
+
+    quiet_libraries()
+    console = Console()
+    model = model or _local_model()
+    with console.status("Planning each preset on this data and machine..."):
+        options = assess_presets(data, model)
+    if all(option.failure is not None for option in options):
+        raise options[0].failure  # the data or model error itself, with its exit code
+    records = next(o.train_records for o in options if o.train_records is not None)
+    choice = recommend_preset(options, bucket_of(records))
+    if as_json:
+        payload = {"recommended": choice.choice, "reason": choice.reason, "options": [o.to_dict() for o in options]}
+        print(json.dumps(payload, indent=2))
+        return
+    console.print(presets_table(options, choice.choice))
+    console.print(f"[bold]Recommended:[/] {choice.choice}: {choice.reason}", soft_wrap=True)
+
+
+def _local_model() -> str:
+    from llmc_cli.errors import ConfigError
+    from llmc_cli.setup.models import find_models
+
+    found = find_models([(Path("."), "current folder")])
+    if not found:
+        raise ConfigError("No model folder here to plan with.", hint="Pass --model FOLDER (or a hub id).")
+    return str(found[0].location)

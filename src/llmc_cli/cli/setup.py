@@ -11,28 +11,34 @@ from rich.console import Console
 
 from llmc_cli.cli.options import complete_preset
 
+ANSWERS = "Answers (each one skips its question)"
+
+
+def _answer(*names: str, **kwargs):
+    return typer.Option(*names, rich_help_panel=ANSWERS, **kwargs)
+
 
 def setup(
-    data: Annotated[str | None, typer.Option("--data", "-d", help="Training data file.", show_default=False)] = None,
+    data: Annotated[str | None, _answer("--data", "-d", help="Training data file.", show_default=False)] = None,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Model folder, hub id or family.", show_default=False)
+        str | None, _answer("--model", "-m", help="Model folder, hub id or family.", show_default=False)
     ] = None,
     preset: Annotated[
         str | None,
-        typer.Option("--preset", "-p", help="highspeed, quality or bestaccuracy.", autocompletion=complete_preset),
+        _answer("--preset", "-p", help="highspeed, quality or bestaccuracy.", autocompletion=complete_preset),
     ] = None,
     checkpoint_interval: Annotated[
-        int | None, typer.Option("--checkpoint-interval", min=1, help="Checkpoint every N steps.")
+        int | None, _answer("--checkpoint-interval", min=1, metavar="<int>", help="Checkpoint every N steps.")
     ] = None,
     max_checkpoints: Annotated[
-        int | None, typer.Option("--max-checkpoints", min=1, help="Recent checkpoints to keep.")
+        int | None, _answer("--max-checkpoints", min=1, metavar="<int>", help="Recent checkpoints to keep.")
     ] = None,
     report_to: Annotated[
-        str | None, typer.Option("--report-to", help="Trackers: tensorboard, wandb, mlflow (comma-separated) or none.")
+        str | None, _answer("--report-to", help="Trackers: tensorboard, wandb, mlflow (comma-separated) or none.")
     ] = None,
-    output: Annotated[str | None, typer.Option("--output", "-o", help="Folder for the runs.")] = None,
+    output: Annotated[str | None, _answer("--output", "-o", help="Folder for the runs.")] = None,
     start: Annotated[
-        bool | None, typer.Option("--start/--no-start", help="Start training once the config is written.")
+        bool | None, _answer("--start/--no-start", help="Start training once the config is written.")
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Accept every recommendation; ask nothing.")] = False,
     answers: Annotated[

@@ -13,9 +13,19 @@ from rich.panel import Panel
 from llmc_cli.cli.options import ConfigOpt, DashboardOpt, DataOpt, ModelOpt, PresetOpt
 from llmc_cli.config.schema import FIELD_SECTION, DataFormat, Overlong, Precision, Quantize, describe
 
+PANELS = {
+    "model": "Model and memory",
+    "data": "Data",
+    "lora": "LoRA adapter",
+    "training": "Training schedule",
+    "run": "Run, checkpoints and tracking",
+}
+
 
 def _opt(key: str, *names: str, **kwargs):
-    """A flag for config key ``key``: the parameter must be named ``key`` too (see ``config_flags``)."""
+    """A flag for config key ``key``: the parameter must be named ``key`` too (see ``config_flags``).
+    ``--help`` groups the flags by config section, so each panel's columns fit 80 characters."""
+    kwargs.setdefault("rich_help_panel", PANELS[FIELD_SECTION[key]])
     return typer.Option(*names, help=describe(key), show_default=False, **kwargs)
 
 
@@ -51,10 +61,10 @@ def train(
     lora_alpha: Annotated[float | None, _opt("lora_alpha", "--lora-alpha")] = None,
     lora_dropout: Annotated[float | None, _opt("lora_dropout", "--lora-dropout")] = None,
     target_modules: Annotated[str | None, _opt("target_modules", "--target-modules")] = None,
-    quantize: Annotated[Quantize | None, _opt("quantize", "--quantize")] = None,
-    precision: Annotated[Precision | None, _opt("precision", "--precision")] = None,
-    format: Annotated[DataFormat | None, _opt("format", "--format")] = None,  # noqa: A002 - the config key
-    overlong: Annotated[Overlong | None, _opt("overlong", "--overlong")] = None,
+    quantize: Annotated[Quantize | None, _opt("quantize", "--quantize", metavar="<choice>")] = None,
+    precision: Annotated[Precision | None, _opt("precision", "--precision", metavar="<choice>")] = None,
+    format: Annotated[DataFormat | None, _opt("format", "--format", metavar="<choice>")] = None,  # noqa: A002 - the config key
+    overlong: Annotated[Overlong | None, _opt("overlong", "--overlong", metavar="<choice>")] = None,
     limit: Annotated[int | None, _opt("limit", "--limit")] = None,
     val_data: Annotated[Path | None, _opt("val_data", "--val-data")] = None,
     eval_every: Annotated[int | None, _opt("eval_every", "--eval-every")] = None,

@@ -8,7 +8,7 @@ cannot disagree. The environment (``LLMC_*``, ``.env``) is layered as a run woul
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class Option:
     lengths: dict[str, int] | None = None  # token lengths (p50/p95/p99/max) with the model's tokenizer
     train_records: int | None = None
     error: str = ""
+    failure: LlmcError | None = field(default=None, compare=False, repr=False)  # what stopped the plan
 
     @property
     def per_epoch_s(self) -> float | None:
@@ -46,9 +47,8 @@ class Option:
         return self.seconds / self.epochs
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return {**asdict(self), "per_epoch_s": self.per_epoch_s}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "failure"}
+        return {**values, "per_epoch_s": self.per_epoch_s}
 
 
 def assess(data: Path, model: str, preset: str, overrides: dict[str, Any] | None = None) -> Option:
@@ -63,7 +63,7 @@ def assess(data: Path, model: str, preset: str, overrides: dict[str, Any] | None
         plan = fit_to_machine(plan_run([*env_layers(), cli_layer(flags)]))
         report = dry_run(plan)
     except LlmcError as exc:
-        return Option(preset, model, error=exc.message)
+        return Option(preset, model, error=exc.message, failure=exc)
     config = plan.resolved.config
     memory = plan.memory or {}
     peak, budget = memory.get("total_bytes"), memory.get("budget_bytes")
