@@ -9,6 +9,8 @@ import pexpect
 import pytest
 from tests.conftest import SAMPLE_TRAIN
 
+from llmc_cli.setup.wizard import QUESTIONS_WITH_DEFAULTS
+
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\r")
 LLMC = [sys.executable, "-c", "from llmc_cli.cli.app import main; main()"]
 QUESTIONS = (
@@ -58,6 +60,7 @@ def _spawn(cwd, env):
 
 def test_accepting_every_default_writes_the_config_and_starts_training(workspace):
     env = _env(workspace, LLMC_MAX_STEPS="1", NO_COLOR="1")
+    assert len(QUESTIONS) == len(QUESTIONS_WITH_DEFAULTS)
     child = _spawn(workspace, env)
     for question in QUESTIONS:  # eight questions, each answered with Enter
         child.expect_exact(question)

@@ -25,6 +25,17 @@ from llmc_cli.setup.recommend import Recommendation, bucket_of, recommend_model,
 
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # name -> package
 OTHER = "__other__"
+# The questions of a session that accepts every default (tests/e2e/test_setup_cli.py answers exactly these).
+QUESTIONS_WITH_DEFAULTS = (
+    "data file",
+    "model",
+    "preset",
+    "checkpoint interval",
+    "checkpoints kept",
+    "trackers",
+    "output folder",
+    "start now",
+)
 
 
 @dataclass(frozen=True)
