@@ -1,5 +1,6 @@
 """``llmc setup`` as users meet it: in a real pseudo-terminal (pexpect), and with no terminal at all."""
 
+import io
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ from tests.conftest import SAMPLE_TRAIN
 
 from llmc_cli.setup.wizard import QUESTIONS_WITH_DEFAULTS
 
+COLOUR = re.compile(r"\x1b\[[0-9;]*?(?:3[0-8]|9[0-7])[;m]")  # an SGR foreground colour
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\r")
 LLMC = [sys.executable, "-c", "from llmc_cli.cli.app import main; main()"]
 QUESTIONS = (
@@ -62,6 +64,7 @@ def test_accepting_every_default_writes_the_config_and_starts_training(workspace
     env = _env(workspace, LLMC_MAX_STEPS="1", NO_COLOR="1")
     assert len(QUESTIONS) == len(QUESTIONS_WITH_DEFAULTS)
     child = _spawn(workspace, env)
+    child.logfile_read = screen_log = io.StringIO()
     for question in QUESTIONS:  # eight questions, each answered with Enter
         child.expect_exact(question)
         _ready(child)
@@ -75,6 +78,7 @@ def test_accepting_every_default_writes_the_config_and_starts_training(workspace
     assert 'report_to = ["tensorboard"]' in config
     assert "Training tinyllama model" in screen and "training complete" in screen
     assert (workspace / "runs" / "run-1" / "final" / "adapter_config.json").is_file()
+    assert not COLOUR.search(screen_log.getvalue()), "NO_COLOR is set: bold is fine, colours are not"
 
 
 def test_problems_are_named_by_line_and_ctrl_c_leaves_no_file(workspace):

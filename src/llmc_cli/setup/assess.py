@@ -37,6 +37,8 @@ class Option:
     max_length: int | None = None
     lengths: dict[str, int] | None = None  # token lengths (p50/p95/p99/max) with the model's tokenizer
     train_records: int | None = None
+    mean_tokens: float | None = None  # per example, with the model's tokenizer (a sample of the data)
+    mean_targets: float | None = None  # tokens in the loss, per example
     error: str = ""
     failure: LlmcError | None = field(default=None, compare=False, repr=False)  # what stopped the plan
 
@@ -85,6 +87,8 @@ def assess(data: Path, model: str, preset: str, overrides: dict[str, Any] | None
         max_length=config.data.max_length,
         lengths=profile.get("lengths"),
         train_records=plan.data.train_records,
+        mean_tokens=profile.get("mean_tokens"),
+        mean_targets=profile.get("mean_targets"),
         error="" if memory.get("total_bytes") is not None else memory.get("reason", "no memory estimate"),
     )
 
@@ -92,6 +96,27 @@ def assess(data: Path, model: str, preset: str, overrides: dict[str, Any] | None
 def assess_presets(data: Path, model: str, overrides: dict[str, Any] | None = None) -> list[Option]:
     """Every built-in preset, fastest first."""
     return [assess(data, model, preset, overrides) for preset in PRESET_NAMES]
+
+
+def family_epoch_seconds(family: str, preset: str, checkpointing: bool, precision: str, device: str,
+                         sample: Option) -> float | None:  # fmt: skip
+    """Seconds an epoch of a family's model (not downloaded) would take on this data: the dry run's step-time
+    formula (optimize/throughput.py) with the family's shape from the shipped traces (optimize/families.py),
+    and the token counts of ``sample``, a local model's plan of the same data (its tokenizer stands in)."""
+    from llmc_cli.optimize.families import load_table
+    from llmc_cli.optimize.memory import ModelFacts
+    from llmc_cli.optimize.throughput import STEP_EFFICIENCY, StepWork, machine_speed, predict
+
+    efficiency = STEP_EFFICIENCY.get((device, precision))
+    facts = load_table()["facts"].get(f"{family}/{preset}")
+    if efficiency is None or facts is None or not sample.mean_tokens or not sample.train_records:
+        return None
+    facts = ModelFacts(**facts)
+    examples = sample.train_records
+    work = StepWork(examples, examples * sample.mean_tokens, examples * (sample.mean_targets or 0.0),
+                    sample.mean_tokens / 2, checkpointing)  # fmt: skip
+    speed = machine_speed(facts.hidden_size, precision, device)
+    return predict(facts, work, speed, efficiency, None, "an epoch").per_step_s
 
 
 def duration(seconds: float | None) -> str:

@@ -2,8 +2,8 @@
 
 Preset, by the data's size bucket (the same buckets the presets' schedules use):
 
-- small (under ``small_below`` examples): **bestaccuracy**. A few hundred examples train in minutes
-  even with its rank-32 all-linear adapter and eight epochs, and few examples gain most from them.
+- small (under ``small_below`` examples): **bestaccuracy**. Its extra epochs and rank-32 all-linear
+  adapter cost least on few examples, which gain most from them.
 - medium: **quality**. An all-linear adapter for a few epochs at a moderate cost.
 - large (``large_from`` examples or more): **highspeed**. One epoch already gives thousands of
   steps; the thorough presets multiply the time for a smaller gain.
@@ -22,7 +22,8 @@ from llmc_cli.setup.assess import Option, duration, gib
 MAX_HOURS = 12.0
 BY_BUCKET = {"small": "bestaccuracy", "medium": "quality", "large": "highspeed"}
 BUCKET_WHY = {
-    "small": "a small dataset trains in minutes even with the most thorough preset, and few examples gain most from it",
+    "small": "a small dataset: the most thorough preset's extra epochs and larger adapter cost least on few "
+    "examples, which gain most from them",
     "medium": "a medium dataset: an all-linear adapter for a few epochs, at a moderate cost",
     "large": "a large dataset: one epoch already gives many steps, and the thorough presets would multiply the "
     "time for a smaller gain",
@@ -45,6 +46,11 @@ def recommend_preset(options: list[Option], bucket: str) -> Recommendation:
     """The preset for a dataset of size ``bucket`` among ``options`` (one per preset, any order)."""
     by_name = {option.preset: option for option in options}
     wanted = BY_BUCKET[bucket]
+    if options and all(option.peak_bytes is None for option in options):
+        return Recommendation(
+            wanted, f"{BUCKET_WHY[bucket]}; by the data's size only: no preset could be planned here "
+            "(the reason is above)",
+        )  # fmt: skip
     order = list(PRESET_NAMES)  # fastest first
     reason = BUCKET_WHY[bucket]
     steps_down = []

@@ -8,6 +8,7 @@ from rich.table import Table
 from llmc_cli.setup.assess import Option, duration, gib
 from llmc_cli.setup.datacheck import DataProfile
 
+SHORT_TRADE_OFF = {"highspeed": "fastest", "quality": "balanced", "bestaccuracy": "most thorough"}
 TRADE_OFF = {
     "highspeed": "fastest: small q/v adapter, short sequences",
     "quality": "balanced: all-linear adapter, a few epochs",
@@ -64,7 +65,8 @@ def models_table(rows: list[tuple[str, str, bool | None, int | None, str]]) -> T
 def presets_table(options: list[Option], recommended: str) -> Table:
     budget = next((o.budget_bytes for o in options if o.budget_bytes), None)
     table = Table(title=f"Presets for this data and machine (memory budget {gib(budget)})")
-    for column in ("preset", "fits", "est. peak", "micro", "steps", "time", "LoRA r", "max len"):
+    table.add_column("preset", no_wrap=True)
+    for column in ("fits", "est. peak", "micro", "steps", "time", "LoRA r", "max len"):
         table.add_column(column, overflow="fold")
     for option in options:
         name = option.preset + (" *" if option.preset == recommended else "")
@@ -82,5 +84,6 @@ def presets_table(options: list[Option], recommended: str) -> Table:
             str(option.lora_r),
             str(option.max_length),
         )
-    table.caption = "* recommended; ~ estimated from a sample of the data until it is prepared"
+    goals = "; ".join(f"{name}: {goal}" for name, goal in SHORT_TRADE_OFF.items())
+    table.caption = f"{goals}\n* recommended; ~ estimated from a sample of the data until it is prepared"
     return table

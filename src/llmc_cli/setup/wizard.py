@@ -17,7 +17,7 @@ from rich.markup import escape
 from llmc_cli.errors import ConfigError, DataError
 from llmc_cli.setup import tables
 from llmc_cli.setup.answers import FLAGS, Answers, render_toml
-from llmc_cli.setup.assess import Option, assess, assess_presets, duration
+from llmc_cli.setup.assess import Option, assess, assess_presets, duration, family_epoch_seconds
 from llmc_cli.setup.datacheck import DataProfile, data_files, profile_data
 from llmc_cli.setup.models import find_models
 from llmc_cli.setup.prompts import Choice, Prompter, whole_number
@@ -59,6 +59,10 @@ def run(given: Answers, ctx: Context, config_path: Path, force: bool) -> Outcome
     from llmc_cli.optimize.machine import advise, probe
 
     console, ask = ctx.console, ctx.prompter
+    if config_path.exists() and not force:  # asked first: declining costs nothing
+        if not ask.confirm(f"{config_path} exists. Replace it at the end?", False, "--force"):
+            raise ConfigError(f"{config_path} exists and was kept as it is.",
+                              hint="Pass --force to replace it, or --config-out OTHER.toml.")  # fmt: skip
     with console.status("Probing the machine..."):
         machine = probe([Path(given.output or "runs")])
         advice = advise(machine)
@@ -78,11 +82,6 @@ def run(given: Answers, ctx: Context, config_path: Path, force: bool) -> Outcome
     chosen = next((o for o in options if o.preset == answers.preset), None)
     _monitoring(ctx, answers, given, chosen)
     text = render_toml(answers, config_path)
-    if config_path.exists() and not force:
-        replace = ask.confirm(f"{config_path} exists. Replace it?", False, "--force")
-        if not replace:
-            raise ConfigError(f"{config_path} exists and was kept as it is.",
-                              hint="Pass --force to replace it, or --config-out OTHER.toml.")  # fmt: skip
     write_text(config_path, text)
     command = "llmc train" + ("" if config_path == Path("llmc.toml") else f" --config {config_path}")
     console.print(f"Wrote [bold]{escape(str(config_path))}[/]. Train with: [bold]{command}[/]", soft_wrap=True)
@@ -131,15 +130,16 @@ def _model(ctx: Context, data: Path, machine, advice) -> str:
     if ctx.models_dir is not None:
         folders.append((ctx.models_dir, "--models-dir"))
     local = find_models(folders)
-    rows, fits = [], []
+    rows, fits, options = [], [], []
     with ctx.console.status("Fitting each local model to this machine..."):
         for model in local:
             option = assess(data, str(model.location), "quality")
+            options.append(option)
             time = duration(option.per_epoch_s) if option.peak_bytes is not None else option.error
             rows.append((model.label, model.where, option.fits if option.peak_bytes else None, option.peak_bytes, time))
             fits.append((model.label, option.fits, option.per_epoch_s, option.peak_bytes or 0))
-    for fit in _hub_families(machine, advice):
-        rows.append(fit)
+    sample = next((option for option in options if option.mean_tokens), None)
+    rows += _hub_families(machine, advice, sample)
     ctx.console.print(tables.models_table(rows))
     fits.sort(key=lambda item: -item[3])  # the largest model first
     recommendation = recommend_model([item[:3] for item in fits]) or _family_recommendation(machine)
@@ -153,16 +153,21 @@ def _model(ctx: Context, data: Path, machine, advice) -> str:
     return picked
 
 
-def _hub_families(machine, advice) -> list[tuple[str, str, bool | None, int | None, str]]:
-    """The families by ``llmc doctor``'s estimate (quality preset); they are not on this machine."""
+def _hub_families(machine, advice, sample: Option | None) -> list[tuple[str, str, bool | None, int | None, str]]:
+    """The families by ``llmc doctor``'s estimate (quality preset), not on this machine; their time an epoch
+    counts this data's tokens with a local model's tokenizer (``sample``), when there is one."""
     from llmc_cli.optimize.machine import family_report
 
-    report = family_report(machine, advice[0].answer)
+    precision = advice[0].answer  # advice[0]: the precision training would use
+    report = family_report(machine, precision)
+    device = "cuda" if machine.gpus else "cpu"
     rows = []
-    for fit in report.fits:
-        if fit.preset != "quality":
-            continue
-        rows.append((fit.family, "Hugging Face Hub", fit.fits, fit.total_bytes, "known once downloaded"))
+    for fit in (f for f in report.fits if f.preset == "quality"):
+        seconds = None
+        if sample is not None:
+            seconds = family_epoch_seconds(fit.family, "quality", fit.gradient_checkpointing, precision, device, sample)
+        time = f"{duration(seconds)} (est.)" if seconds is not None else "needs a local tokenizer to count tokens"
+        rows.append((fit.family, "Hugging Face Hub", fit.fits, fit.total_bytes, time))
     return rows
 
 
@@ -177,15 +182,21 @@ def _presets_shown(ctx: Context, answers: Answers, profile: DataProfile) -> list
     overrides = {"output": answers.output} if answers.output else {}
     with ctx.console.status("Planning each preset on this data and machine..."):
         options = assess_presets(Path(answers.data), answers.model, overrides)
+    failures = {o.error for o in options if o.failure is not None}
+    if len(failures) == 1 and all(o.failure is not None for o in options):
+        failure = options[0].failure
+        ctx.console.print(f"[bold yellow]The presets cannot be planned with {escape(answers.model)}:[/] "
+                          f"{escape(failure.message)}" + (f"\n{escape(failure.hint)}" if failure.hint else ""),
+                          soft_wrap=True)  # fmt: skip
+        return options
     lengths = next((o.lengths for o in options if o.lengths), None)
     if lengths:
         ctx.console.print(
             f"Token lengths with {escape(answers.model)}'s tokenizer: p50 {lengths['p50']}, p95 {lengths['p95']}, "
             f"p99 {lengths['p99']}, longest {lengths['max']}."
         )
-    ctx.console.print(
-        tables.presets_table(options, recommend_preset(options, bucket_of(_train_records(options, profile))).choice)
-    )
+    recommended = recommend_preset(options, bucket_of(_train_records(options, profile))).choice
+    ctx.console.print(tables.presets_table(options, recommended))
     return options
 
 

@@ -45,6 +45,12 @@ def test_when_nothing_fits_the_least_demanding_preset_is_named_with_the_reason()
     assert choice.choice == "highspeed" and "no preset fits" in choice.reason
 
 
+def test_with_nothing_planned_the_size_alone_decides_and_says_why():
+    unplanned = [Option(name, "tinyllama", error="the hub cannot be reached") for name in ("highspeed", "quality")]
+    choice = recommend_preset(unplanned, "medium")
+    assert choice.choice == "quality" and "by the data's size only" in choice.reason
+
+
 def test_the_largest_local_model_that_fits_is_recommended():
     models = [("big", False, 10.0), ("medium", True, 50 * 3600.0), ("small", True, 600.0)]
     assert recommend_model(models).choice == "small"  # medium fits but takes over 12 h an epoch
