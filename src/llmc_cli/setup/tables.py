@@ -66,7 +66,7 @@ def presets_table(options: list[Option], recommended: str) -> Table:
     budget = next((o.budget_bytes for o in options if o.budget_bytes), None)
     table = Table(title=f"Presets for this data and machine (memory budget {gib(budget)})")
     table.add_column("preset", no_wrap=True)
-    for column in ("fits", "est. peak", "micro", "steps", "time", "LoRA r", "max len"):
+    for column in ("fits", "est. peak", "micro", "steps", "est. time", "LoRA r", "max len"):
         table.add_column(column, overflow="fold")
     for option in options:
         name = option.preset + (" *" if option.preset == recommended else "")

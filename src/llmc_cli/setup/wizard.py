@@ -70,8 +70,7 @@ def run(given: Answers, ctx: Context, config_path: Path, force: bool) -> Outcome
     answers = Answers(**given.to_dict())
     answers.data, profile = _data(ctx, given.data)
     answers.model = given.model or _model(ctx, Path(answers.data), machine, advice)
-    options = _presets_shown(ctx, answers, profile)
-    recommended = recommend_preset(options, bucket_of(_train_records(options, profile)))
+    options, recommended = _presets_shown(ctx, answers, profile)
     console.print(f"[bold]Recommended preset:[/] {recommended.choice}: {escape(recommended.reason)}", soft_wrap=True)
     answers.preset = given.preset or ask.select(
         "Which preset (goal)?",
@@ -178,26 +177,28 @@ def _family_recommendation(machine) -> Recommendation:
     return Recommendation(family, f"no local model found; {why} (it needs a download)")
 
 
-def _presets_shown(ctx: Context, answers: Answers, profile: DataProfile) -> list[Option]:
+def _presets_shown(ctx: Context, answers: Answers, profile: DataProfile) -> tuple[list[Option], Recommendation]:
+    """Plan every preset, show the table, and recommend one."""
     overrides = {"output": answers.output} if answers.output else {}
     with ctx.console.status("Planning each preset on this data and machine..."):
         options = assess_presets(Path(answers.data), answers.model, overrides)
     failures = {o.error for o in options if o.failure is not None}
     if len(failures) == 1 and all(o.failure is not None for o in options):
         failure = options[0].failure
+        recommended = recommend_preset(options, bucket_of(profile.records))
         ctx.console.print(f"[bold yellow]The presets cannot be planned with {escape(answers.model)}:[/] "
                           f"{escape(failure.message)}" + (f"\n{escape(failure.hint)}" if failure.hint else ""),
                           soft_wrap=True)  # fmt: skip
-        return options
+        return options, recommended
     lengths = next((o.lengths for o in options if o.lengths), None)
     if lengths:
         ctx.console.print(
             f"Token lengths with {escape(answers.model)}'s tokenizer: p50 {lengths['p50']}, p95 {lengths['p95']}, "
             f"p99 {lengths['p99']}, longest {lengths['max']}."
         )
-    recommended = recommend_preset(options, bucket_of(_train_records(options, profile))).choice
-    ctx.console.print(tables.presets_table(options, recommended))
-    return options
+    recommended = recommend_preset(options, bucket_of(_train_records(options, profile)))
+    ctx.console.print(tables.presets_table(options, recommended.choice))
+    return options, recommended
 
 
 def _train_records(options: list[Option], profile: DataProfile) -> int:
