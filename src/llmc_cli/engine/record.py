@@ -27,8 +27,9 @@ class JsonlRecorder:
     """Appends metrics (steps and evals) to metrics.jsonl and every event to events.jsonl.
 
     Each line goes to the OS as it is written, so a killed run keeps everything logged until
-    then. On a full or failing disk a line is dropped, not the run: the loss is counted
-    (``lost``), said once on stderr, and writing resumes on a fresh line when space returns.
+    then. On a full or failing disk a line is dropped, not the run: the part that fitted is cut off
+    again (no torn line), the loss is counted (``lost``), said once on stderr, and writing resumes
+    when space returns.
     """
 
     def __init__(self, run_dir: Path) -> None:
@@ -74,13 +75,22 @@ class _Appender:
         except OSError as exc:
             if not disk_error(exc):
                 raise
-            self.torn = self.torn or written > 0
+            if written:  # part of the line fitted: cut it off again, so no line is ever torn
+                self.torn = not self._cut(written) or self.torn
             self.lost += 1
             if self.lost == 1:
                 print(f"llmc: cannot write {self.path} ({exc.strerror}); dropping its lines until space returns.",
                       file=sys.stderr)  # fmt: skip
             return
         self.torn = False
+
+    def _cut(self, written: int) -> bool:
+        """Remove the ``written`` bytes of a line that did not fit; False if the file could not be cut."""
+        try:
+            os.ftruncate(self.fd, os.fstat(self.fd).st_size - written)
+        except OSError:
+            return False
+        return True
 
     def close(self) -> None:
         os.close(self.fd)
