@@ -110,7 +110,9 @@ class StudyView:
         return on_event
 
     def trial_ended(self, line: str, counts: StudyCounts) -> None:
-        """Print the finished trial's line above the view and update the study's counts."""
+        """Print the finished trial's line above the view and update the study's counts. The trial's last
+        state is drawn once first: a trial shorter than a frame (0.5 s) would otherwise never show its end."""
+        self.live.refresh()
         with self._lock:
             self.counts, self.trial = counts, None
         self.console.print(line, highlight=False)
