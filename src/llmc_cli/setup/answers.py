@@ -26,6 +26,16 @@ FLAGS = {
     "output": "--output",
     "start": "--start/--no-start",
 }
+TYPES = {  # answer -> (JSON type, as the error says it)
+    "data": (str, "a path"),
+    "model": (str, "a folder, hub id or family"),
+    "preset": (str, "a preset name"),
+    "checkpoint_interval": (int, "a whole number"),
+    "max_checkpoints": (int, "a whole number"),
+    "report_to": (list, "a list of tracker names"),
+    "output": (str, "a folder"),
+    "start": (bool, "true or false"),
+}
 TOML_KEYS = ("data", "model", "preset", "output", "checkpoint_interval", "max_checkpoints", "report_to")
 HEADER = (
     "# llmc.toml, written by llmc setup. Train with: llmc train{config}\n"
@@ -74,7 +84,16 @@ def load_answers(path: Path) -> Answers:
         raise ConfigError(f"{path}: unknown answer(s) {', '.join(unknown)}.", hint=f"Answers are: {', '.join(FLAGS)}.")
     if isinstance(raw.get("report_to"), str):
         raw["report_to"] = [name for name in raw["report_to"].split(",") if name.strip() and name != "none"]
+    wrong = [f"{key} should be {TYPES[key][1]}" for key, value in raw.items() if not _is(value, TYPES[key][0])]
+    if wrong:
+        raise ConfigError(f"{path}: " + "; ".join(wrong) + ".", hint="Fix those answers, or record them again.")
     return Answers(**raw)
+
+
+def _is(value: Any, kind: type) -> bool:
+    if kind is list:
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
 
 
 def save_answers(path: Path, answers: Answers) -> None:

@@ -58,3 +58,10 @@ def test_an_answers_file_with_an_unknown_answer_is_refused(tmp_path):
     path.write_text('{"data": "d.jsonl", "modle": "./m"}')
     with pytest.raises(ConfigError, match="unknown answer"):
         load_answers(path)
+
+
+def test_an_answers_file_with_a_value_of_the_wrong_type_is_refused(tmp_path):
+    path = tmp_path / "answers.json"
+    path.write_text('{"data": "d.jsonl", "start": "yes", "max_checkpoints": true, "report_to": "tensorboard"}')
+    with pytest.raises(ConfigError, match="start should be true or false; max_checkpoints should be a whole number"):
+        load_answers(path)
