@@ -211,8 +211,8 @@ def show_plan(console: Console, plan: dict, as_json: bool) -> None:
         facts.add_row(
             "time",
             f"about {timing['per_step_s']:.3g} s a step{total}: {timing['step_flops'] / 1e12:.3g} TFLOP a step at "
-            f"{timing['efficiency']:.0%} of the {timing['matmul_flops_per_s'] / 1e9:,.0f} GFLOP/s this machine's "
-            f"matmuls reached just now; token counts from {timing['basis']}",
+            f"{timing['efficiency']:.0%} of the {timing['probe_flops_per_s'] / 1e9:,.0f} GFLOP/s this machine "
+            f"trained a decoder layer at just now; token counts from {timing['basis']}",
         )
     for warning in plan["warnings"]:
         facts.add_row("warning", warning)

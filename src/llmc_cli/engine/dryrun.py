@@ -24,8 +24,9 @@ from llmc_cli.engine.session import plan_steps
 from llmc_cli.models.footprint import footprint
 from llmc_cli.models.kind import check_causal, load_config
 from llmc_cli.optimize.hardware import choose_precision, detect
+from llmc_cli.optimize.layerprobe import layer_speed
 from llmc_cli.optimize.memory import ModelFacts
-from llmc_cli.optimize.throughput import STEP_EFFICIENCY, StepWork, machine_speed, predict
+from llmc_cli.optimize.throughput import STEP_EFFICIENCY, StepWork, predict
 from llmc_cli.paths import data_cache_dir
 
 CHECKPOINT_BYTES_PER_PARAM = 16  # adapter + AdamW exp_avg + exp_avg_sq + best adapter, fp32
@@ -150,7 +151,7 @@ def _data(plan: RunPlan, rows: Rows | None) -> dict[str, Any]:
 
 
 def _time(plan: RunPlan, rows: Rows | None, total_steps: int | None, device: str, precision: str) -> dict[str, Any]:
-    """Predicted seconds per optimizer step, from the step's FLOPs and a matmul probe on this machine."""
+    """Predicted seconds per optimizer step, from the step's FLOPs and a layer probe on this machine."""
     memory = plan.memory or {}
     if "model_facts" not in memory:
         return {"per_step_s": None, "reason": memory.get("reason", "the model's config was not read")}
@@ -185,7 +186,7 @@ def _time(plan: RunPlan, rows: Rows | None, total_steps: int | None, device: str
         basis = f"an upper bound: rows of {length} tokens, all of them targets (the data is not prepared yet)"
     if cfg.model.quantize != "none":
         basis += "; 4-/8-bit weights are dequantised every step, which this does not count"
-    speed = machine_speed(facts.hidden_size, precision, device)
+    speed = layer_speed(facts.hidden_size, precision, device, cfg.lora.lora_r)
     return predict(facts, work, speed, efficiency, total_steps, basis).to_dict()
 
 

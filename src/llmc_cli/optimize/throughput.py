@@ -9,11 +9,15 @@ FLOPs count what llmc's training does with a frozen base model and a LoRA adapte
 - the output head at target positions only (engine/loss.py): 2 x hidden x vocab forward, 2 backward;
 - the adapter: 6 per LoRA parameter.
 
-The machine's speed is measured, not looked up: the best FLOP/s of matmuls the shape of the model's
-linear layers, in the run's dtype, for about half a second (``measure_matmul``). A training step
-reaches a fraction of that (elementwise ops, the optimizer, small matmuls, data): ``STEP_EFFICIENCY``,
-calibrated against measured steps by ``benchmarks/memory.py``, which prints predicted against
-measured seconds per step.
+The machine's speed is measured, not looked up: the FLOP/s of a LoRA training pass through one
+decoder layer of the model's width, in the run's dtype (:mod:`llmc_cli.optimize.layerprobe`). A whole
+step reaches a fraction of that (the output head and loss, the optimizer, data, Python between
+micro-batches): ``STEP_EFFICIENCY``, calibrated against measured steps by ``benchmarks/memory.py``,
+which prints predicted against measured seconds per step. (A bare matmul probe, used before, moved
+3x between runs and between CPUs while training steps did not.)
+
+``measure_matmul`` stays as the machine's peak, which ``llmc analyze`` sets a run's model FLOP/s
+against.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from typing import Any
 
 from llmc_cli.optimize.memory import ModelFacts
 
-# Step FLOPs / (measured seconds a step x measured matmul FLOP/s), by device and precision: 10-step runs
-# of the mini model and SmolLM2-135M on a 2-core AMD EPYC with avx512_bf16 (benchmarks/memory.py,
-# 2026-12-02). Where a pair has no figure, no time is predicted.
-STEP_EFFICIENCY = {("cpu", "bf16"): 0.22, ("cpu", "fp32"): 0.65}
+# Step FLOPs / (measured seconds a step x the layer probe's FLOP/s), by device and precision: 10-step runs
+# of the mini model and SmolLM2-135M on a 2-core Xeon with AMX (benchmarks/memory.py, 2026-12-03; bf16
+# 0.66-1.02 over twelve cases, median 0.88; fp32 0.83 and 1.05). Not yet checked on a CPU without AMX.
+# Where a pair has no figure, no time is predicted.
+STEP_EFFICIENCY = {("cpu", "bf16"): 0.85, ("cpu", "fp32"): 0.9}
 PROBE_SECONDS = 0.5
 PROBE_ROWS = 1024  # tokens of the probe's matmul: a packed row's worth
 PEAK_PROBE_FROM_S = 60.0  # a run that trained this long records the machine's peak (0.5 s: under 1 %)
@@ -81,7 +86,7 @@ def measure_matmul(hidden: int, dtype: str, device: str = "cpu", seconds: float 
 
 @cache
 def machine_speed(hidden: int, dtype: str, device: str = "cpu") -> float:
-    """:func:`measure_matmul` once per process and shape: a wizard or a study plans many runs of one model."""
+    """:func:`measure_matmul` once per process and shape."""
     return measure_matmul(hidden, dtype, device)
 
 
@@ -100,7 +105,7 @@ class StepTime:
     per_step_s: float
     total_s: float | None
     step_flops: float
-    matmul_flops_per_s: float
+    probe_flops_per_s: float
     efficiency: float
     basis: str  # where the token counts come from
 
@@ -111,14 +116,14 @@ class StepTime:
 def predict(
     facts: ModelFacts,
     work: StepWork,
-    matmul_flops_per_s: float,
+    probe_flops_per_s: float,
     efficiency: float,
     total_steps: int | None,
     basis: str,
 ) -> StepTime:
     """Seconds per optimizer step (and for the run when its steps are known) at ``efficiency``
-    (a :data:`STEP_EFFICIENCY` figure) of the measured matmul speed."""
+    (a :data:`STEP_EFFICIENCY` figure) of the layer probe's measured speed."""
     flops = step_flops(facts, work)
-    per_step = flops / (matmul_flops_per_s * efficiency)
+    per_step = flops / (probe_flops_per_s * efficiency)
     total = per_step * total_steps if total_steps else None
-    return StepTime(per_step, total, flops, matmul_flops_per_s, efficiency, basis)
+    return StepTime(per_step, total, flops, probe_flops_per_s, efficiency, basis)

@@ -104,8 +104,9 @@ def family_epoch_seconds(family: str, preset: str, checkpointing: bool, precisio
     formula (optimize/throughput.py) with the family's shape from the shipped traces (optimize/families.py),
     and the token counts of ``sample``, a local model's plan of the same data (its tokenizer stands in)."""
     from llmc_cli.optimize.families import load_table
+    from llmc_cli.optimize.layerprobe import layer_speed
     from llmc_cli.optimize.memory import ModelFacts
-    from llmc_cli.optimize.throughput import STEP_EFFICIENCY, StepWork, machine_speed, predict
+    from llmc_cli.optimize.throughput import STEP_EFFICIENCY, StepWork, predict
 
     efficiency = STEP_EFFICIENCY.get((device, precision))
     facts = load_table()["facts"].get(f"{family}/{preset}")
@@ -115,7 +116,7 @@ def family_epoch_seconds(family: str, preset: str, checkpointing: bool, precisio
     examples = sample.train_records
     work = StepWork(examples, examples * sample.mean_tokens, examples * (sample.mean_targets or 0.0),
                     sample.mean_tokens / 2, checkpointing)  # fmt: skip
-    speed = machine_speed(facts.hidden_size, precision, device)
+    speed = layer_speed(facts.hidden_size, precision, device)
     return predict(facts, work, speed, efficiency, None, "an epoch").per_step_s
 
 
