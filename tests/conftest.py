@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import struct
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,32 @@ def _isolated_env(monkeypatch, tmp_path_factory):
             monkeypatch.delenv(name)
     monkeypatch.setenv("LLMC_CACHE", str(tmp_path_factory.getbasetemp() / "llmc-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def wandb_history(run_dir):
+    """Every history record of the offline runs under ``run_dir/wandb``, read from their .wandb files
+    (a LevelDB-style log of protobuf records: 32 KiB blocks, 7-byte chunk headers)."""
+    from wandb.proto import wandb_internal_pb2
+
+    rows, ids = [], set()
+    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        data, pos, pending = path.read_bytes(), 7, b""
+        while pos + 7 <= len(data):
+            if 32768 - pos % 32768 < 7:
+                pos += 32768 - pos % 32768
+                continue
+            _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+            pending, pos = pending + data[pos + 7 : pos + 7 + length], pos + 7 + length
+            if kind in (1, 4):  # a full record, or the last chunk of one
+                record = wandb_internal_pb2.Record()
+                record.ParseFromString(pending)
+                pending = b""
+                if record.WhichOneof("record_type") == "history":
+                    rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                 for item in record.history.item})  # fmt: skip
+                elif record.WhichOneof("record_type") == "run":
+                    ids.add(record.run.run_id)
+    return rows, ids
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -189,7 +189,8 @@ class FineTuner:
         bus = EventBus()
         for subscriber in self._subscribers:
             bus.subscribe(subscriber)
-        with observe(bus, run_dir, config):
+        tags = {"llmc.family": plan.source.family.name, "llmc.model": plan.source.location}
+        with observe(bus, run_dir, config, tags):
             return train(plan, run_dir, bus, resume=self._resume, faults=faults, stop=stop)
 
     def analyze(self):

@@ -45,8 +45,10 @@ def test_failure_reports_then_resume_completes_and_merges(llmc, tmp_path, tiny_m
     from transformers import AutoModelForCausalLM
 
     args = ["train", "--data", gsm8k_train, "--model", tiny_model_dir, "--max-steps", "4", "--limit", "40",
-            "--max-length", "256", "--checkpoint-interval", "2", "--merge", "--run-name", "merged-run"]  # fmt: skip
-    failed = llmc(*args, cwd=tmp_path, env={"LLMC_FAULTS": "error@step=3"})
+            "--max-length", "256", "--checkpoint-interval", "2", "--merge", "--run-name", "merged-run",
+            "--report-to", "tensorboard,mlflow,wandb"]  # fmt: skip
+    trackers = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "WANDB_MODE": "offline"}
+    failed = llmc(*args, cwd=tmp_path, env={"LLMC_FAULTS": "error@step=3", **trackers})
     assert failed.returncode == 9 and "Traceback" not in failed.stderr, failed.stderr
     stderr = " ".join(failed.stderr.split())
     assert "Training failed: Training stopped on an error llmc has no recovery for: InjectedError" in stderr
@@ -55,11 +57,33 @@ def test_failure_reports_then_resume_completes_and_merges(llmc, tmp_path, tiny_m
     report = (run_dir / "failure.txt").read_text()
     assert "State to continue from: runs/merged-run/checkpoints/step-000002" in report and "Traceback" in report
 
-    resumed = llmc("resume", "merged-run", cwd=tmp_path)
+    resumed = llmc("resume", "merged-run", cwd=tmp_path, env=trackers)
     assert resumed.returncode == 0, resumed.stderr
     AutoModelForCausalLM.from_pretrained(run_dir / "merged")
+    # The trackers followed the run across the failure and the resume: one MLflow run, one W&B run id.
+    from mlflow import MlflowClient
+    from tests.conftest import read_jsonl, wandb_history
+
+    client = MlflowClient(tracking_uri=trackers["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.run_name == "merged-run" and run.info.status == "FINISHED"
+    logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/loss")}
+    train = {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("type") == "train"}
+    assert logged == pytest.approx(train) and sorted(logged) == [1, 2, 3, 4]
+    rows, ids = wandb_history(run_dir)
+    assert len(ids) == 1 and {row["_step"]: row["train/loss"] for row in rows if "train/loss" in row} == train
     again = llmc("train", "--data", gsm8k_train, "--model", tiny_model_dir, "--run-name", "merged-run", cwd=tmp_path)
     assert again.returncode == 2 and "already exists; llmc never overwrites a run" in again.stderr
+
+
+def test_a_tracker_that_cannot_start_is_a_config_error_before_a_run_exists(llmc, tmp_path, tiny_model_dir, gsm8k_train):
+    env = {"MLFLOW_TRACKING_URI": "file:./mlruns", "MLFLOW_ALLOW_FILE_STORE": ""}  # MLflow 3 refuses file stores
+    result = llmc("train", "--data", gsm8k_train, "--model", tiny_model_dir, "--report-to", "tensorboard,mlflow",
+                  "--max-steps", "1", cwd=tmp_path, env=env)  # fmt: skip
+    stderr = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "The mlflow tracker cannot use the tracking store 'file:./mlruns'" in stderr
+    assert "MLFLOW_ALLOW_FILE_STORE=true" in stderr and not (tmp_path / "runs").exists()
 
 
 BAD = '{"question": "What is 1+1?", "answer": "2"}\n{"question": "broken", "answer": \n'

@@ -20,10 +20,11 @@ from llmc_cli.monitor.system import SystemSampler
 
 
 @contextmanager
-def observe(bus: EventBus, run_dir: Path, config: RunConfig) -> Iterator[EventBus]:
-    """Subscribe the trackers of ``report_to`` and (with ``enable_monitoring``) the issue
-    detectors, start the bus and the system sampler; on exit stop them and close the trackers."""
-    trackers = reporters.create(config.run.report_to, run_dir, config.flat())
+def observe(bus: EventBus, run_dir: Path, config: RunConfig, tags: dict[str, str] | None = None) -> Iterator[EventBus]:
+    """Subscribe the trackers of ``report_to`` (``tags`` for those that keep them) and (with
+    ``enable_monitoring``) the issue detectors, start the bus and the system sampler; on exit stop
+    them and close the trackers."""
+    trackers = reporters.create(config.run.report_to, run_dir, config.flat(), tags)
     for tracker in trackers:
         bus.subscribe(tracker)
     monitoring = config.run.enable_monitoring

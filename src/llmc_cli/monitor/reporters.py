@@ -8,6 +8,7 @@ keyed by optimizer step; system samples take the latest step seen.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 import sys
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmc_cli import durable
 from llmc_cli.durable import disk_error
 from llmc_cli.errors import ConfigError
 from llmc_cli.events import CheckpointSaved, EvalEnded, Event, RunEnded, StepEnded, SystemSampled
@@ -134,58 +136,107 @@ class TensorBoardReporter(_Reporter):
         self._discard()
 
 
-class WandbReporter(_Reporter):
-    """A Weights & Biases run named after the run directory (project from WANDB_PROJECT, else llmc)."""
+class ExternalReporter(_Reporter):
+    """W&B or MLflow behind the common event handling (``wandb_tracker.py``, ``mlflow_tracker.py``).
 
-    def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
+    A tracker that fails mid-run is reported once and dropped: training goes on with the others.
+    Its run id is kept in the run directory's ``trackers.json``, so a resume continues it.
+    """
+
+    def __init__(self, name: str, tracker_class, run_dir: Path, config: dict[str, Any], tags: dict[str, str]) -> None:
         super().__init__()
-        import os
+        self.name = name
+        ids_file = run_dir / IDS_FILE
+        remembered = _read_ids(ids_file)
+        self.tracker = tracker_class(run_dir, config, tags, remembered.get(name, {}))
+        durable.write_json(ids_file, {**remembered, name: self.tracker.ids})
+        self.failed = False
+        self.closed = False
+        self.status, self.adapter_dir = "interrupted", None
 
-        import wandb
-
-        self.run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT", "llmc"), name=run_dir.name, dir=str(run_dir), config=config
-        )
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunEnded):
+            self.status, self.adapter_dir = event.status, event.adapter_dir
+        super().__call__(event)
 
     def write(self, values: dict[str, float], step: int) -> None:
-        self.run.log(values, step=step)
+        if self.failed:
+            return
+        try:
+            self.tracker.write(values, step)
+        except Exception as exc:  # noqa: BLE001 - a tracker's outage must not stop training
+            self.failed = True
+            print(f"llmc: {self.name} stopped taking metrics ({type(exc).__name__}: {exc}); training goes on, "
+                  "metrics.jsonl and the other trackers keep every value.", file=sys.stderr)  # fmt: skip
 
     def close(self) -> None:
-        self.run.finish()
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.tracker.finish(self.status, self.adapter_dir)
+        except Exception as exc:  # noqa: BLE001 - the run's outcome does not depend on its tracker
+            print(f"llmc: closing the {self.name} run failed ({type(exc).__name__}: {exc}).", file=sys.stderr)
 
 
-class MlflowReporter(_Reporter):
-    """An MLflow run named after the run directory (tracking URI from MLFLOW_TRACKING_URI)."""
-
-    def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
-        super().__init__()
-        import mlflow
-
-        self.mlflow = mlflow
-        mlflow.start_run(run_name=run_dir.name)
-        mlflow.log_params({key: str(value)[:500] for key, value in config.items()})
-
-    def write(self, values: dict[str, float], step: int) -> None:
-        self.mlflow.log_metrics(values, step=step)
-
-    def close(self) -> None:
-        self.mlflow.end_run()
+def _read_ids(path: Path) -> dict[str, Any]:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
-CLASSES = {"tensorboard": TensorBoardReporter, "wandb": WandbReporter, "mlflow": MlflowReporter}
+def _tracker_class(name: str):
+    if name == "mlflow":
+        from llmc_cli.monitor.mlflow_tracker import MlflowTracker
+
+        return MlflowTracker
+    from llmc_cli.monitor.wandb_tracker import WandbTracker
+
+    return WandbTracker
+
+
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+IDS_FILE = "trackers.json"  # each external tracker's run id, for a resume to continue it
 
 
 def check_installed(names: tuple[str, ...]) -> None:
-    """Fail before training when a requested tracker's package is missing."""
+    """Fail before a run directory exists when a requested tracker cannot start: its package is
+    missing, or (MLflow) its tracking store refuses to be used."""
     missing = [name for name in names if importlib.util.find_spec(PACKAGES[name]) is None]
     if missing:
         raise ConfigError(
             f"--report-to asks for {', '.join(missing)}, which is not installed.",
             hint=f"pip install {' '.join(PACKAGES[m] for m in missing)}, or drop it from --report-to.",
         )
+    if "mlflow" in names:
+        from llmc_cli.monitor.mlflow_tracker import client
+
+        client()
 
 
-def create(names: tuple[str, ...], run_dir: Path, config: dict[str, Any]) -> list[_Reporter]:
+def create(
+    names: tuple[str, ...], run_dir: Path, config: dict[str, Any], tags: dict[str, str] | None = None
+) -> list[_Reporter]:
+    """The trackers of ``names`` for this run (``tags``: preset, family, model, for those that keep tags).
+
+    Raises:
+        ConfigError: a tracker cannot start (exit 2, before the model is loaded), naming it and the fix.
+    """
     check_installed(names)
-    return [CLASSES[name](run_dir, config) for name in names]
+    tags = {"llmc.preset": str(config.get("preset", "")), **(tags or {})}
+    created: list[_Reporter] = []
+    try:
+        for name in names:
+            if name == "tensorboard":
+                created.append(TensorBoardReporter(run_dir, config))
+            else:
+                created.append(ExternalReporter(name, _tracker_class(name), run_dir, config, tags))
+    except BaseException:
+        for reporter in created:  # a tracker run opened already is closed, not left running
+            if isinstance(reporter, ExternalReporter):
+                reporter.status = "failed"
+            reporter.close()
+        raise
+    return created

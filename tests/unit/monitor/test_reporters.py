@@ -1,9 +1,10 @@
-"""Trackers get the same scalars by step; W&B and MLflow are driven through their public calls."""
+"""Trackers get the same scalars by step: TensorBoard, and the real MLflow (SQLite store) and W&B (offline)."""
 
-import sys
-import types
+import json
+import threading
 
 import pytest
+from tests.conftest import wandb_history
 
 from llmc_cli.errors import ConfigError
 from llmc_cli.events import EvalEnded, RunEnded, StepEnded, SystemSampled
@@ -25,42 +26,113 @@ def test_scalars_cover_train_eval_and_system():
     assert reporters.scalars(EVENTS[3]) is None
 
 
-def test_wandb_reporter(monkeypatch, tmp_path):
-    calls = []
+def _feed(reporter, events, thread=True):
+    """Deliver events as the bus does: from a thread other than the one that created the tracker."""
+    worker = threading.Thread(target=lambda: [reporter(event) for event in events])
+    worker.start() if thread else worker.run()
+    worker.join() if thread else None
 
-    class Run:
-        def log(self, values, step):
-            calls.append(("log", step, sorted(values)))
 
-        def finish(self):
-            calls.append(("finish",))
+def test_mlflow_one_named_run_with_params_tags_metrics_and_artifacts_resumed_in_place(monkeypatch, tmp_path):
+    from mlflow import MlflowClient
 
-    fake = types.SimpleNamespace(init=lambda **kw: calls.append(("init", kw["name"], kw["config"])) or Run())
-    monkeypatch.setitem(sys.modules, "wandb", fake)
-    monkeypatch.setattr(reporters.importlib.util, "find_spec", lambda name: object())
-    (reporter,) = reporters.create(("wandb",), tmp_path / "run-5", {"lr": 1e-4})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # artifacts of a SQLite store go to ./mlruns
+    run_dir = tmp_path / "run-6"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text('{"steps": 3}')
+    (run_dir / "final").mkdir()
+    (run_dir / "final" / "adapter_config.json").write_text("{}")
+    (reporter,) = reporters.create(("mlflow",), run_dir, {"lora_r": 16, "preset": "quality"}, {"llmc.family": "llama"})
+    ended = RunEnded("interrupted", str(run_dir), None, {})
+    _feed(reporter, [STEP, EVENTS[1], EVENTS[2], ended])  # the bus's thread: not the one that started the run
+    again = StepEnded(4, 10, 0.4, 2.4, 1e-4, 0.7, 2048, 1200, 8, 900.0, 3.5, 3.0, 7.0, None)
+    (resumed,) = reporters.create(("mlflow",), run_dir, {"lora_r": 16, "preset": "quality"})  # llmc resume
+    _feed(resumed, [again, RunEnded("completed", str(run_dir), str(run_dir / "final"), {})])
+
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.run_name == "run-6" and run.info.status == "FINISHED"
+    assert run.data.params == {"lora_r": "16", "preset": "quality"}
+    assert run.data.tags["llmc.preset"] == "quality" and run.data.tags["llmc.family"] == "llama"
+    assert run.data.tags["llmc.resumed"] == "true"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss")] == [(3, 2.5), (4, 2.4)]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "system/rss_mb")] == [3]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert artifacts == {"summary.json", "adapter"}
+    assert json.loads((run_dir / "trackers.json").read_text())["mlflow"]["run_id"] == run.info.run_id
+
+
+def test_a_refused_mlflow_store_is_a_config_error_naming_the_fix(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{tmp_path / 'mlruns'}")
+    with pytest.raises(ConfigError, match="mlflow tracker cannot use the tracking store") as caught:
+        reporters.check_installed(("tensorboard", "mlflow"))
+    assert "MLFLOW_ALLOW_FILE_STORE=true" in caught.value.hint and "sqlite:///mlflow.db" in caught.value.hint
+
+
+@pytest.fixture
+def fresh_wandb():
+    """W&B reads its environment into a process-wide singleton once: start and leave each test without one."""
+    import wandb
+
+    wandb.teardown()
+    yield
+    wandb.teardown()
+
+
+def test_wandb_without_a_login_is_a_config_error_and_closes_the_trackers_opened_before_it(
+    monkeypatch, tmp_path, fresh_wandb
+):
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no W&B settings
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_dir = tmp_path / "run-8"
+    run_dir.mkdir()
+    with pytest.raises(ConfigError, match="wandb tracker cannot start a run") as caught:
+        reporters.create(("mlflow", "wandb"), run_dir, {"lora_r": 16})
+    assert "wandb login" in caught.value.hint and "WANDB_MODE=offline" in caught.value.hint
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FAILED"  # the MLflow run opened first is not left running
+
+
+def test_a_tracker_failing_mid_run_is_reported_once_and_training_goes_on(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_dir = tmp_path / "run-7"
+    run_dir.mkdir()
+    (reporter,) = reporters.create(("mlflow",), run_dir, {"lora_r": 16})
+
+    def outage(*args, **kwargs):
+        raise ConnectionError("tracking server went away")
+
+    monkeypatch.setattr(reporter.tracker.client, "log_batch", outage)
     for event in EVENTS:
-        reporter(event)
-    assert calls[0] == ("init", "run-5", {"lr": 1e-4})
-    assert [c[1] for c in calls if c[0] == "log"] == [3, 3, 3]  # system sample keyed by the latest step
-    assert "eval/loss" in calls[3][2] and calls[-1] == ("finish",)
+        reporter(event)  # no exception reaches the bus
+    err = capsys.readouterr().err
+    assert err.count("mlflow stopped taking metrics (ConnectionError: tracking server went away)") == 1
 
 
-def test_mlflow_reporter(monkeypatch, tmp_path):
-    calls = []
-    fake = types.SimpleNamespace(
-        start_run=lambda run_name: calls.append(("start", run_name)),
-        log_params=lambda params: calls.append(("params", params)),
-        log_metrics=lambda values, step: calls.append(("metrics", step, sorted(values))),
-        end_run=lambda: calls.append(("end",)),
-    )
-    monkeypatch.setitem(sys.modules, "mlflow", fake)
-    monkeypatch.setattr(reporters.importlib.util, "find_spec", lambda name: object())
-    (reporter,) = reporters.create(("mlflow",), tmp_path / "run-6", {"lora_r": 16})
-    for event in EVENTS:
-        reporter(event)
-    assert calls[0] == ("start", "run-6") and calls[1] == ("params", {"lora_r": "16"})
-    assert [c[0] for c in calls[2:]] == ["metrics", "metrics", "metrics", "end"]
+def test_wandb_offline_run_holds_every_scalar_by_step_and_resume_keeps_its_id(monkeypatch, tmp_path, fresh_wandb):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "run-5"
+    run_dir.mkdir()
+    (reporter,) = reporters.create(("wandb",), run_dir, {"lr": 1e-4})
+    _feed(reporter, EVENTS)
+    later = StepEnded(4, 10, 0.4, 2.4, 1e-4, 0.7, 2048, 1200, 8, 900.0, 3.5, 3.0, 7.0, None)
+    (resumed,) = reporters.create(("wandb",), run_dir, {"lr": 1e-4})
+    _feed(resumed, [later, RunEnded("completed", str(run_dir), None, {})])
+    rows, ids = wandb_history(run_dir)
+    assert ids == {json.loads((run_dir / "trackers.json").read_text())["wandb"]["id"]}  # one run, continued
+    assert [row["_step"] for row in rows] == [3, 4]  # a step's scalars (train, system, eval) in one row
+    assert rows[0]["train/loss"] == 2.5 and rows[0]["eval/loss"] == 2.6 and rows[0]["system/rss_mb"] == 1200.0
+    assert rows[1]["train/loss"] == 2.4
 
 
 def test_missing_tracker_is_a_config_error_with_the_install_command(monkeypatch):
