@@ -15,6 +15,7 @@ store (another tracking URI), a new one is started, tagged ``llmc.resumed_from``
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,8 @@ def client():
         made = MlflowClient(tracking_uri=uri)
         made.search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - every way a store can refuse is the user's setting
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = re.split(r"(?<=[.!])\s", text, maxsplit=1)[0][:300]  # its first sentence
         hint = (
             "Set MLFLOW_TRACKING_URI to a store MLflow accepts, e.g. sqlite:///mlflow.db, "
             "or drop mlflow from --report-to."
@@ -104,12 +106,11 @@ class MlflowTracker:
         metrics = [Metric(key, float(value), now, step) for key, value in values.items() if value is not None]
         self.client.log_batch(self.run_id, metrics=metrics)
 
-    def finish(self, status: str, adapter_dir: str | None) -> None:
+    def finish(self, status: str, adapter_dir: str | None, summary: dict[str, Any]) -> None:
         """Artifacts (``summary.json``, the final adapter) where the store takes them, then the run's status."""
         try:
-            summary = self.run_dir / "summary.json"
-            if summary.is_file():
-                self.client.log_artifact(self.run_id, str(summary))
+            if summary:  # the run's summary as the event carries it (the file is written after the event)
+                self.client.log_dict(self.run_id, summary, "summary.json")
             if adapter_dir and Path(adapter_dir).is_dir():
                 self.client.log_artifacts(self.run_id, adapter_dir, artifact_path="adapter")
         except Exception as exc:  # noqa: BLE001 - metrics and params are in; artifacts are an extra

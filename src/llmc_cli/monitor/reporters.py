@@ -152,11 +152,11 @@ class ExternalReporter(_Reporter):
         durable.write_json(ids_file, {**remembered, name: self.tracker.ids})
         self.failed = False
         self.closed = False
-        self.status, self.adapter_dir = "interrupted", None
+        self.status, self.adapter_dir, self.summary = "interrupted", None, {}
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunEnded):
-            self.status, self.adapter_dir = event.status, event.adapter_dir
+            self.status, self.adapter_dir, self.summary = event.status, event.adapter_dir, event.summary
         super().__call__(event)
 
     def write(self, values: dict[str, float], step: int) -> None:
@@ -174,7 +174,7 @@ class ExternalReporter(_Reporter):
             return
         self.closed = True
         try:
-            self.tracker.finish(self.status, self.adapter_dir)
+            self.tracker.finish(self.status, self.adapter_dir, self.summary)
         except Exception as exc:  # noqa: BLE001 - the run's outcome does not depend on its tracker
             print(f"llmc: closing the {self.name} run failed ({type(exc).__name__}: {exc}).", file=sys.stderr)
 

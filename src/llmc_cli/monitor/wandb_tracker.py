@@ -44,5 +44,5 @@ class WandbTracker:
     def write(self, values: dict[str, float], step: int) -> None:
         self.run.log({key: value for key, value in values.items() if value is not None}, step=step)
 
-    def finish(self, status: str, adapter_dir: str | None) -> None:
+    def finish(self, status: str, adapter_dir: str | None, summary: dict[str, Any]) -> None:
         self.run.finish(exit_code=0 if status == "completed" else 1)

@@ -41,7 +41,6 @@ def test_mlflow_one_named_run_with_params_tags_metrics_and_artifacts_resumed_in_
     monkeypatch.chdir(tmp_path)  # artifacts of a SQLite store go to ./mlruns
     run_dir = tmp_path / "run-6"
     run_dir.mkdir()
-    (run_dir / "summary.json").write_text('{"steps": 3}')
     (run_dir / "final").mkdir()
     (run_dir / "final" / "adapter_config.json").write_text("{}")
     (reporter,) = reporters.create(("mlflow",), run_dir, {"lora_r": 16, "preset": "quality"}, {"llmc.family": "llama"})
@@ -49,7 +48,7 @@ def test_mlflow_one_named_run_with_params_tags_metrics_and_artifacts_resumed_in_
     _feed(reporter, [STEP, EVENTS[1], EVENTS[2], ended])  # the bus's thread: not the one that started the run
     again = StepEnded(4, 10, 0.4, 2.4, 1e-4, 0.7, 2048, 1200, 8, 900.0, 3.5, 3.0, 7.0, None)
     (resumed,) = reporters.create(("mlflow",), run_dir, {"lora_r": 16, "preset": "quality"})  # llmc resume
-    _feed(resumed, [again, RunEnded("completed", str(run_dir), str(run_dir / "final"), {})])
+    _feed(resumed, [again, RunEnded("completed", str(run_dir), str(run_dir / "final"), {"steps": 4})])
 
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -61,6 +60,8 @@ def test_mlflow_one_named_run_with_params_tags_metrics_and_artifacts_resumed_in_
     assert [m.step for m in client.get_metric_history(run.info.run_id, "system/rss_mb")] == [3]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert artifacts == {"summary.json", "adapter"}
+    assert client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path)) and json.loads(
+        (tmp_path / "summary.json").read_text()) == {"steps": 4}  # fmt: skip
     assert json.loads((run_dir / "trackers.json").read_text())["mlflow"]["run_id"] == run.info.run_id
 
 
