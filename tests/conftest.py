@@ -46,6 +46,9 @@ def _isolated_env(monkeypatch, tmp_path_factory):
         }:  # fmt: skip
             monkeypatch.delenv(name)
     monkeypatch.setenv("LLMC_CACHE", str(tmp_path_factory.getbasetemp() / "llmc-cache"))
+    # Sample answers (engine/samples.py: a generation before and after every run) cost seconds a run on
+    # these CPUs; the tests about them turn them on (test_samples.py, and the CLI's default path in e2e).
+    monkeypatch.setenv("LLMC_SAMPLES", "0")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 

@@ -193,6 +193,40 @@ class FineTuner:
         with observe(bus, run_dir, config, tags):
             return train(plan, run_dir, bus, resume=self._resume, faults=faults, stop=stop)
 
+    def generate(self, prompts: list[str], max_tokens: int = 256) -> list[str]:
+        """Greedy answers of this tuner's trained run (``final/``: the base model plus the adapter,
+        with the chat template the run trained with) to user ``prompts``, one string each.
+
+        The base model is loaded in fp32 from where the adapter says it came from; nothing is
+        downloaded that training did not use.
+
+        Raises:
+            ConfigError: no run yet (call ``train()`` first), or a run without a final adapter.
+        """
+        import json
+
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from llmc_cli.data.templates import Rendered, chat_prompt
+        from llmc_cli.data.tokenize import tokenize_texts
+        from llmc_cli.engine.samples import generate
+        from llmc_cli.errors import ConfigError
+
+        run_dir = self._run_dir or (self._resume.run_dir if self._resume is not None else None)
+        adapter = run_dir / "final" if run_dir is not None else None
+        if adapter is None or not (adapter / "adapter_config.json").is_file():
+            raise ConfigError(
+                "This FineTuner has no trained adapter to answer with yet.",
+                hint="Call train() first (or FineTuner.resume(run_dir).train() for an unfinished run).",
+            )
+        tokenizer = AutoTokenizer.from_pretrained(adapter)
+        base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+        texts = [Rendered(chat_prompt(tokenizer, prompt), ()) for prompt in prompts]
+        ids = [pair[0] for pair in tokenize_texts(tokenizer, texts)]
+        return generate(model, tokenizer, ids, max_tokens)
+
     def analyze(self):
         """Diagnose this tuner's run (the one ``train()`` wrote, finished or not, or the run
         ``resume()`` continues) from its records: the same result as ``llmc analyze RUN --json``

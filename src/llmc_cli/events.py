@@ -91,6 +91,22 @@ class EvalEnded(Event):
 
 
 @dataclass(frozen=True)
+class SamplesGenerated(Event):
+    """Greedy answers to the fixed validation prompts (engine/samples.py) and their scores."""
+
+    step: int
+    exact_match: float | None  # None: no reference carries a final answer
+    format_adherence: float | None
+    scored: int
+    duration_s: float
+    samples: list[dict[str, Any]]  # prompt, reference, output, correct
+
+    def scores(self) -> dict[str, Any]:
+        """The event without its texts (what metrics.jsonl and events.jsonl keep)."""
+        return {key: value for key, value in self.to_dict().items() if key != "samples"}
+
+
+@dataclass(frozen=True)
 class CheckpointSaved(Event):
     step: int
     path: str

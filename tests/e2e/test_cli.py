@@ -14,6 +14,7 @@ import pytest
 def test_train_gsm8k_done_when(llmc, tmp_path, tiny_model_dir, gsm8k_train):
     """The issue's acceptance command, verbatim."""
     from peft import PeftModel
+    from tests.conftest import read_jsonl
     from transformers import AutoModelForCausalLM
 
     result = llmc(
@@ -27,6 +28,7 @@ def test_train_gsm8k_done_when(llmc, tmp_path, tiny_model_dir, gsm8k_train):
         "--max-steps",
         "30",
         cwd=tmp_path,
+        env={"LLMC_SAMPLES": "4"},  # the default (the suite turns sampling off elsewhere: tests/conftest.py)
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "Traceback" not in result.stderr
@@ -38,6 +40,12 @@ def test_train_gsm8k_done_when(llmc, tmp_path, tiny_model_dir, gsm8k_train):
     assert any("lora_A" in name for name, _ in model.named_parameters())
     # Not a terminal: one plain line per step, no progress-bar control codes.
     assert "step     30/30" in result.stdout and "\x1b[" not in result.stdout
+    # Sample answers before and after training (in between only within their time budget), scored.
+    sampled = sorted({line["step"] for line in read_jsonl(run_dir / "samples.jsonl")})
+    assert sampled[0] == 0 and sampled[-1] == 30 and "samples step      0  exact match " in result.stdout
+    assert summary["samples"]["prompts"] == 4 and summary["samples"]["last"]["step"] == 30
+    report = llmc("analyze", "run-1", "--samples", "--no-plots", cwd=tmp_path)
+    assert report.returncode == 0 and "Answers at step 30" in report.stdout, report.stderr
 
 
 def test_failure_reports_then_resume_completes_and_merges(llmc, tmp_path, tiny_model_dir, gsm8k_train):

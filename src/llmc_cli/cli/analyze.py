@@ -32,6 +32,10 @@ def analyze(
         Path | None,
         typer.Option("--png", metavar="DIR", help="Also write the plots as PNG files in DIR (needs matplotlib)."),
     ] = None,
+    samples: Annotated[
+        bool,
+        typer.Option("--samples", help="Also show the sample answers (first, middle, last sampling) and their scores."),
+    ] = False,
 ) -> None:
     """Diagnose a run: convergence, overfitting, learning rate, stability and efficiency, with
     ranked recommendations and the exact llmc train change for each.
@@ -45,9 +49,12 @@ def analyze(
       llmc analyze run-42 --json | jq '.findings[0]'
 
       llmc analyze run-42 --png plots/
+
+      llmc analyze run-42 --samples
     """
     from llmc_cli.analyze import analyze_run
     from llmc_cli.analyze.render import config_diff, render, render_compare
+    from llmc_cli.analyze.samples import read_samples, render_samples
 
     analyses = [analyze_run(run, output) for run in runs]
     side_by_side = len(analyses) > 1 or compare
@@ -55,6 +62,10 @@ def analyze(
         _write_pngs(analyses, png, side_by_side, log_scale)
     if as_json:
         reports = [a.to_json() for a in analyses]
+        if samples:
+            for report, analysis in zip(reports, analyses, strict=True):
+                history = read_samples(analysis.records.run_dir)
+                report["samples"] = history.to_json() if history else None
         if not side_by_side:
             print(json.dumps(reports[0], indent=2, default=str))
         else:
@@ -63,10 +74,12 @@ def analyze(
     console = Console()
     if not side_by_side:
         render(console, analyses[0], plots, log_scale)
-        return
-    render_compare(console, analyses, plots, log_scale)
-    for analysis in analyses:
-        render(console, analysis, plots=False)
+    else:
+        render_compare(console, analyses, plots, log_scale)
+        for analysis in analyses:
+            render(console, analysis, plots=False)
+    for analysis in analyses if samples else []:
+        render_samples(console, read_samples(analysis.records.run_dir))
 
 
 def _write_pngs(analyses, folder: Path, side_by_side: bool, log_scale: bool) -> None:

@@ -198,6 +198,38 @@ class TrainingSettings(_Section):
         description="Evaluate every N steps (default: ten times per run, fewer when evaluating would cost more "
         "than a quarter of the training compute).",
     )
+    samples: int = Field(
+        4,
+        ge=0,
+        le=64,
+        description="Validation prompts answered (greedy) at each sampling point, logged to samples.jsonl "
+        "and scored against their references; 0 turns sampling off.",
+    )
+    sample_every: int | None = Field(
+        None,
+        ge=0,
+        description="Generate the sample answers every N steps (default: at each evaluation; 0: off).",
+    )
+    sample_tokens: int = Field(128, ge=1, le=4096, description="Most tokens generated for one sample answer.")
+    answer_pattern: str = Field(
+        r"####\s*([-+]?[\d,]*\.?\d+)",
+        description="Regular expression whose first group is a text's final answer (default: GSM8K's "
+        "'#### 42'); samples score exact match and format adherence where the references carry one.",
+    )
+
+    @field_validator("answer_pattern")
+    @classmethod
+    def _one_group(cls, value: str) -> str:
+        import re
+
+        try:
+            groups = re.compile(value).groups
+        except re.error as exc:
+            raise ValueError(f"not a regular expression ({exc})") from None
+        if groups < 1:
+            raise ValueError("needs a group around the answer, as in '####\\s*(\\S+)'")
+        return value
+
     log_every: int = Field(1, ge=1, description="Log metrics every N optimizer steps.")
     seed: int = Field(42, ge=0, description="Seed for data order, dropout and initialisation.")
 

@@ -58,6 +58,11 @@ def render(tokenizer, example: Example, train_on_prompt: bool = False) -> Render
     return Rendered(text, tuple(spans))
 
 
+def chat_prompt(tokenizer, user: str) -> str:
+    """One user turn with the assistant's header after it: what generation continues from."""
+    return _apply(tokenizer, [{"role": "user", "content": user}], generation_prompt=True)
+
+
 def _apply(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
     if not messages:
         return ""

@@ -25,6 +25,7 @@ from llmc_cli.engine.interrupt import StopRequest
 from llmc_cli.engine.loss import target_count
 from llmc_cli.engine.recovery import recoverable
 from llmc_cli.engine.rollback import Rewind, RollbackNeeded
+from llmc_cli.engine.samples import Sampler, pick_prompts
 from llmc_cli.engine.session import Session
 from llmc_cli.engine.snapshot import Checkpointer, Resume
 from llmc_cli.engine.state import RunState
@@ -42,6 +43,8 @@ class Loop:
         self.s, self.bus, self.stop, self.faults = session, bus, stop, faults
         self.state = RunState(session, bus)
         self.evaluate = Evaluator(session, self.state.recovery, bus, faults)
+        prompts = pick_prompts(session.rows.val, session.tokenizer, session.config.training.samples)
+        self.sampler = Sampler(session, bus, prompts)
         self.rewind = Rewind(session, self.state, bus)
         self.best = BestAdapter()
         self.checkpoints = Checkpointer(session, bus, faults, self.best)
@@ -203,6 +206,8 @@ class Loop:
             self._evaluate(step)
             if self.state.controls.early.enabled and self.state.controls.early.best_step == step:
                 self._checkpoint("best")
+        if self.sampler.due(step, False, self.state.progress.position.train_time_s):
+            self.sampler(step)
         if self.checkpoints.due(step):
             self._checkpoint("interval")
 
@@ -210,6 +215,8 @@ class Loop:
         """Evaluate and record; an eval far above the step-0 one rolls back, else the plateau and
         early-stopping controls decide on the result."""
         loss = self.evaluate(step)
+        if self.sampler.due(step, True, self.state.progress.position.train_time_s, final=not decide):
+            self.sampler(step)
         if loss is None:
             return None
         state = self.state
@@ -293,12 +300,13 @@ class Loop:
             )
         return state.result(
             steps_per_epoch=self.s.steps_per_epoch,
-            eval_time_s=self.evaluate.time_s,
+            eval_time_s=self.evaluate.time_s + self.sampler.time_s,
             checkpoint_time_s=self.checkpoints.time_s,
             final_eval_loss=final,
             best_eval_loss=best.loss if best.step is not None else None,  # also evals a rollback undid
             stopped_early=self.stopped_early,
             restored_best_step=restored,
+            samples=self.sampler.summary(),
         )
 
     def _restore_best(self, final: float | None) -> int:

@@ -16,11 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from llmc_cli.durable import disk_error, read_jsonl
-from llmc_cli.events import EvalEnded, Event, RolledBack, RunResumed, StepEnded
+from llmc_cli.events import EvalEnded, Event, RolledBack, RunResumed, SamplesGenerated, StepEnded
 
-METRICS, EVENTS = "metrics.jsonl", "events.jsonl"
+METRICS, EVENTS, SAMPLES = "metrics.jsonl", "events.jsonl", "samples.jsonl"
 # A rollback voids the steps after it exactly as a resume does.
-METRIC_KINDS = {StepEnded: "train", EvalEnded: "eval", RunResumed: "resume", RolledBack: "resume"}
+METRIC_KINDS = {
+    StepEnded: "train",
+    EvalEnded: "eval",
+    RunResumed: "resume",
+    RolledBack: "resume",
+    SamplesGenerated: "samples",
+}
 
 
 class JsonlRecorder:
@@ -35,14 +41,23 @@ class JsonlRecorder:
     def __init__(self, run_dir: Path) -> None:
         self._metrics = _Appender(run_dir / METRICS)
         self._events = _Appender(run_dir / EVENTS)
+        self._samples_path = run_dir / SAMPLES
+        self._samples: _Appender | None = None  # opened by a run that samples
 
     @property
     def lost(self) -> int:
         """Lines that could not be written (a full disk)."""
-        return self._metrics.lost + self._events.lost
+        return self._metrics.lost + self._events.lost + (self._samples.lost if self._samples else 0)
 
     def __call__(self, event: Event) -> None:
-        record = event.to_dict()
+        if isinstance(event, SamplesGenerated):  # the texts go to samples.jsonl, a line per sample
+            if self._samples is None:
+                self._samples = _Appender(self._samples_path)
+            for sample in event.samples:
+                self._samples.write(json.dumps({"step": event.step, **sample}, default=str) + "\n")
+            record = event.scores()
+        else:
+            record = event.to_dict()
         self._events.write(json.dumps(record, default=str) + "\n")
         kind = METRIC_KINDS.get(type(event))
         if kind is not None:
@@ -51,6 +66,8 @@ class JsonlRecorder:
     def close(self) -> None:
         self._metrics.close()
         self._events.close()
+        if self._samples is not None:
+            self._samples.close()
 
 
 class _Appender:
@@ -102,14 +119,14 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def by_step(run_dir: Path, kind: str = "train") -> dict[int, dict[str, Any]]:
-    """The record of each step of ``kind`` ("train" or "eval") that the finished run stands on."""
+    """The record of each step of ``kind`` ("train", "eval" or "samples") that the finished run stands on."""
     return standing(read_metrics(run_dir))[kind]
 
 
 def standing(records: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
-    """For "train" and "eval": the record of each step the run stands on, by step, in order (a
-    ``resume`` record voids the records after its step that an abandoned attempt had logged)."""
-    chosen: dict[str, dict[int, dict[str, Any]]] = {"train": {}, "eval": {}}
+    """For "train", "eval" and "samples": the record of each step the run stands on, by step, in order
+    (a ``resume`` record voids the records after its step that an abandoned attempt had logged)."""
+    chosen: dict[str, dict[int, dict[str, Any]]] = {"train": {}, "eval": {}, "samples": {}}
     for record in records:
         kind = record.get("type")
         if kind == "resume":

@@ -15,6 +15,8 @@ the LR reductions rollbacks made.
 
 from __future__ import annotations
 
+from typing import Any
+
 from llmc_cli.checkpoints.state import TrainerState
 from llmc_cli.engine.controls import Controls
 from llmc_cli.engine.failure import Standing
@@ -90,6 +92,7 @@ class RunState:
         best_eval_loss: float | None,
         stopped_early: bool,
         restored_best_step: int | None,
+        samples: dict[str, Any] | None = None,
     ) -> FitResult:
         """What the run measured, from this state and the loop's own timings."""
         progress = self.progress
@@ -106,6 +109,7 @@ class RunState:
             final_train_loss=progress.last_train_loss,
             stopped_early=stopped_early,
             restored_best_step=restored_best_step,
+            samples=samples,
             lr_multiplier=self.lr.multiplier,
             recovery=self.recovery.state.to_json(),
             adjustments=list(self.journal.entries),

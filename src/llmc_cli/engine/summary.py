@@ -17,7 +17,7 @@ class FitResult:
     steps: int
     epochs: float
     train_time_s: float  # optimizer steps only
-    eval_time_s: float  # evaluations, including the one at step 0 and the final one
+    eval_time_s: float  # evaluations, including the one at step 0 and the final one, and sample answers
     checkpoint_time_s: float  # saving checkpoints, this session
     tokens: int
     initial_eval_loss: float | None
@@ -29,6 +29,7 @@ class FitResult:
     lr_multiplier: float  # on top of the schedule at the end (plateau x instability x rollback)
     recovery: dict[str, Any]  # what automatic recovery changed and spent
     adjustments: list[dict[str, Any]]  # every adjustment the engine made, in order
+    samples: dict[str, Any] | None = None  # sample answers' scores, first and last (engine/samples.py)
 
     @property
     def tokens_per_s(self) -> float:

@@ -29,11 +29,19 @@ from llmc_cli.events import (
     RunEnded,
     RunResumed,
     RunStarted,
+    SamplesGenerated,
     StepEnded,
     SystemSampled,
     TrainingWarning,
 )
-from llmc_cli.monitor.progress import describe_data, describe_note, describe_start, describe_warning, duration
+from llmc_cli.monitor.progress import (
+    describe_data,
+    describe_note,
+    describe_samples,
+    describe_start,
+    describe_warning,
+    duration,
+)
 
 SPARK = "▁▂▃▄▅▆▇█"
 REFRESH_PER_S = 2  # a frame costs ~6 ms of CPU; twice a second is plenty for training curves
@@ -62,6 +70,7 @@ class _State:
     checkpoint: CheckpointSaved | None = None
     warnings: deque = field(default_factory=lambda: deque(maxlen=4))
     resumed_from: int | None = None
+    sample: SamplesGenerated | None = None
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
@@ -95,6 +104,8 @@ class Dashboard:
             s.system = event
         elif isinstance(event, CheckpointSaved):
             s.checkpoint = event
+        elif isinstance(event, SamplesGenerated):
+            s.sample = event
         elif isinstance(event, TrainingWarning | Adjustment):
             s.warnings.append(event)
         elif isinstance(event, RunResumed):
@@ -171,9 +182,12 @@ class Dashboard:
             lines.append(Text(f"last checkpoint: step {c.step} ({c.reason}) {c.path}"))
         else:
             lines.append(Text("last checkpoint: none yet", style="dim"))
+        if s.sample is not None:
+            width = max(20, self.console.width - 80)
+            lines.append(Text(describe_samples(s.sample, width), style="green", no_wrap=True, overflow="ellipsis"))
         for warning in list(s.warnings):  # a snapshot: events arrive on another thread
             if isinstance(warning, Adjustment):
                 lines.append(Text(f"recovery: {describe_note(warning)}", style="cyan"))
             else:
                 lines.append(Text(f"warning: {describe_warning(warning)}", style="yellow"))
-        return Panel(Group(*lines), title="checkpoints and warnings")
+        return Panel(Group(*lines), title="checkpoints, samples and warnings")

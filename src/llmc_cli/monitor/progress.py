@@ -17,6 +17,7 @@ from llmc_cli.events import (
     RolledBack,
     RunResumed,
     RunStarted,
+    SamplesGenerated,
     StepEnded,
     TrainingWarning,
 )
@@ -50,6 +51,19 @@ def describe_data(event: DataProgress) -> str:
 
 def describe_eval(event: EvalEnded) -> str:
     return f"eval  step {event.step:>6}  loss {event.eval_loss:.4f}  ppl {event.perplexity:.2f}"
+
+
+def describe_samples(event: SamplesGenerated, width: int = 100) -> str:
+    """Scores and the first sample answer, on one line cut to about ``width`` characters of answer."""
+    if event.exact_match is not None:
+        right = round(event.exact_match * event.scored)
+        scores = f"exact match {right}/{event.scored}  format {event.format_adherence:.0%}"
+    else:
+        scores = f"{len(event.samples)} answers (references carry no final answer to score)"
+    first = " ".join(event.samples[0]["output"].split()) if event.samples else ""
+    if len(first) > width:
+        first = first[: width - 1] + "…"
+    return f"samples step {event.step:>6}  {scores}  ({event.duration_s:.1f} s)  first: {first or '(empty)'}"
 
 
 def describe_warning(event: TrainingWarning) -> str:
@@ -92,6 +106,8 @@ class PlainLog:
             )
         elif isinstance(event, EvalEnded):
             self.console.print(describe_eval(event), highlight=False)
+        elif isinstance(event, SamplesGenerated):
+            self.console.print(describe_samples(event), highlight=False, soft_wrap=True, markup=False)
         elif isinstance(event, DataProgress):
             self.console.print(describe_data(event), highlight=False, soft_wrap=True)
         elif isinstance(event, TrainingWarning):

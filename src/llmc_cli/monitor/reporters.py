@@ -19,7 +19,7 @@ from typing import Any
 from llmc_cli import durable
 from llmc_cli.durable import disk_error
 from llmc_cli.errors import ConfigError
-from llmc_cli.events import CheckpointSaved, EvalEnded, Event, RunEnded, StepEnded, SystemSampled
+from llmc_cli.events import CheckpointSaved, EvalEnded, Event, RunEnded, SamplesGenerated, StepEnded, SystemSampled
 
 REPORTERS = ("tensorboard", "wandb", "mlflow")
 
@@ -50,6 +50,12 @@ def scalars(event: Event) -> dict[str, float] | None:
         return values
     if isinstance(event, CheckpointSaved):
         return {"checkpoint/save_seconds": event.duration_s}
+    if isinstance(event, SamplesGenerated):
+        values = {"samples/seconds": event.duration_s}
+        if event.exact_match is not None:
+            values["samples/exact_match"] = event.exact_match
+            values["samples/format_adherence"] = event.format_adherence
+        return values
     return None
 
 
@@ -60,7 +66,7 @@ class _Reporter:
         self.step = 0
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, StepEnded | EvalEnded | CheckpointSaved):
+        if isinstance(event, StepEnded | EvalEnded | CheckpointSaved | SamplesGenerated):
             self.step = event.step
         values = scalars(event)
         if values:
