@@ -17,7 +17,9 @@ Auto batch: a cgroup (v1 or v2) memory limit is put on each run (needs root and 
 cgroup filesystem; skipped with the reason otherwise). `llmc train --batch-size 16 --grad-accum 1`
 (16 rows a step, asked for in one forward) with OPTIMIZE_MEMORY chooses its micro-batch; the same
 cap then runs fixed micro-batches (`--micro-batch m`, OPTIMIZE_MEMORY off, no OOM recovery),
-searched in halves, to find the largest that completes; and the un-optimised plan (16 at once,
+searched in halves, to find the largest that completes in every one of `--repeats` tries (near the
+cap the same micro-batch completes in one run and is killed in the next: one that fails half the time
+does not "run" for a user; the fitted run is repeated as often); and the un-optimised plan (16 at once,
 OPTIMIZE_MEMORY=false) runs without a cap: its per-step token counts must equal the fitted run's
 (the same rows each step) and its losses agree up to dropout masks and float rounding.
 
@@ -118,7 +120,7 @@ def estimate_cases(
             row.update(
                 predicted_step_s=round(plan["time"]["per_step_s"], 3), measured_step_s=round(measured_s, 3),
                 step_error=round(plan["time"]["per_step_s"] / measured_s - 1, 3),
-                matmul_gflops=round(plan["time"]["matmul_flops_per_s"] / 1e9, 1),
+                probe_gflops=round(plan["time"]["probe_flops_per_s"] / 1e9, 1),
                 step_tflop=round(plan["time"]["step_flops"] / 1e12, 4), precision=plan["hardware"]["precision"],
             )  # fmt: skip
         print(json.dumps(row), flush=True)
@@ -156,7 +158,7 @@ def losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, lines) if r.get("type") == "train"]
 
 
-def auto_batch(model: str, data: Path, work: Path, cap_mb: int, length: int, steps: int) -> dict:
+def auto_batch(model: str, data: Path, work: Path, cap_mb: int, length: int, steps: int, repeats: int = 1) -> dict:
     """Under a cgroup limit of ``cap_mb``: the micro-batch llmc picks, the largest that runs, and losses."""
     cgroup, why = make_cgroup(cap_mb * MiB)
     if cgroup is None:
@@ -165,7 +167,10 @@ def auto_batch(model: str, data: Path, work: Path, cap_mb: int, length: int, ste
     common = lambda name: train_args(model, data, work / "cache", work / "runs", name, steps, length)  # noqa: E731
     result: dict = {"cap_mb": cap_mb, "max_length": length}
     auto_name = f"auto-{cap_mb}"
-    auto = run([*common(auto_name), *STEP], cgroup=cgroup)
+    auto_exits = []
+    for _ in range(repeats):  # the last try's records are the ones read below
+        auto = run([*common(auto_name), *STEP], cgroup=cgroup)
+        auto_exits.append(auto.returncode)
     config = json.loads((work / "runs" / auto_name / "config.json").read_text())
     chosen = config["config"]["training"]["micro_batch"]
     result.update(
@@ -173,6 +178,7 @@ def auto_batch(model: str, data: Path, work: Path, cap_mb: int, length: int, ste
         chosen_batch_size=config["config"]["training"]["batch_size"],
         chosen_grad_accum=config["config"]["training"]["grad_accum"],
         auto_exit=auto.returncode,
+        auto_exits=auto_exits,
         auto_predicted_mb=round(config["memory"]["total_bytes"] / MiB),
         auto_budget_mb=round(config["memory"]["budget_bytes"] / MiB),
     )
@@ -185,20 +191,23 @@ def auto_batch(model: str, data: Path, work: Path, cap_mb: int, length: int, ste
         rss = [json.loads(line)["rss_mb"] for line in events if '"SystemSampled"' in line]
         steps = [json.loads(line)["step"] for line in events if '"StepEnded"' in line]
         result.update(auto_killed_after_step=max(steps, default=0), auto_last_sampled_rss_mb=max(rss, default=None))
-    tried: dict[int, int] = {}
+    tried: dict[int, list[int]] = {}
 
-    def runs(micro: int) -> bool:  # the same 16 rows per step, cut into micro-batches of `micro`
+    def runs(micro: int) -> bool:  # the same 16 rows per step, cut into micro-batches of `micro`, every try
         name = f"fixed-{cap_mb}-{micro}"
-        done = run(
-            [*common(name), *STEP, "--micro-batch", str(micro)],
-            env={"OPTIMIZE_MEMORY": "false", "LLMC_AUTO_RECOVERY": "false"},
-            cgroup=cgroup,
-        )  # fmt: skip
-        tried[micro] = done.returncode
-        print(f"fixed micro-batch {micro} under {cap_mb} MB: exit {done.returncode}", flush=True)
-        if done.returncode not in (0, -9, 137):  # not the cgroup's kill: say what it was
-            print(done.stderr[-2000:], flush=True)
-        return done.returncode == 0
+        for _ in range(repeats):
+            done = run(
+                [*common(name), *STEP, "--micro-batch", str(micro)],
+                env={"OPTIMIZE_MEMORY": "false", "LLMC_AUTO_RECOVERY": "false"},
+                cgroup=cgroup,
+            )  # fmt: skip
+            tried.setdefault(micro, []).append(done.returncode)
+            print(f"fixed micro-batch {micro} under {cap_mb} MB: exit {done.returncode}", flush=True)
+            if done.returncode not in (0, -9, 137):  # not the cgroup's kill: say what it was
+                print(done.stderr[-2000:], flush=True)
+            if done.returncode != 0:
+                return False
+        return True
 
     low, high = 0, 16  # binary search for the largest micro-batch that completes under the cap
     while low < high:
@@ -206,7 +215,8 @@ def auto_batch(model: str, data: Path, work: Path, cap_mb: int, length: int, ste
         low, high = (middle, high) if runs(middle) else (low, middle - 1)
     largest = low or None
     result["fixed_exits"] = tried
-    result["largest_that_runs"] = largest
+    result["largest_that_runs"] = largest  # in every one of `repeats` tries
+    result["repeats"] = repeats
     result["chosen_share_of_largest"] = round(chosen / largest, 2) if largest else None
     plain_name = f"unoptimised-{cap_mb}"
     plain = run([*common(plain_name), *STEP], env={"OPTIMIZE_MEMORY": "false"})
@@ -246,6 +256,7 @@ def main() -> None:
         "--cap-mb", type=int, nargs="+", default=[3000, 4000], help="cgroup limits for the auto-batch runs"
     )
     parser.add_argument("--length", type=int, default=512, help="max length of the auto-batch runs")
+    parser.add_argument("--repeats", type=int, default=2, help="auto batch: tries of each run under a cap")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     facts = prepare(args.work, args.shared, 600, 10)
@@ -269,7 +280,7 @@ def main() -> None:
             print(f"| {row['case']} | {memory} | {timing} |")
     if args.only in (None, "auto"):
         results["auto_batch"] = [
-            auto_batch(models["mini"], Path(facts["train"]), args.work, cap, args.length, args.steps)
+            auto_batch(models["mini"], Path(facts["train"]), args.work, cap, args.length, args.steps, args.repeats)
             for cap in args.cap_mb
         ]
     if args.json:
