@@ -88,3 +88,17 @@ def test_default_sampling_keeps_to_its_share_of_training_time():
     assert sampler.due(15, evaluated=False, train_time_s=0.0) and not sampler.due(16, True, 1e9)
     sampler.every = 0
     assert not sampler.due(0, evaluated=True, train_time_s=0.0)  # 0: off
+
+
+def test_a_resumed_run_keeps_its_first_sampling_as_the_before(tmp_path, tiny_model_dir, gsm8k_train):
+    from llmc_cli.errors import LlmcError
+    from llmc_cli.faults import Faults, parse
+
+    opts = dict(samples=1, sample_tokens=4, max_steps=4, limit=40, max_length=256, checkpoint_interval=2)
+    tuner = FineTuner(gsm8k_train, model=str(tiny_model_dir), output=tmp_path, report_to="none",
+                      faults=Faults(parse("error@step=3")), auto_recovery=False, **opts)  # fmt: skip
+    with pytest.raises(LlmcError):
+        tuner.train()
+    run = FineTuner.resume(tmp_path / "run-1").train()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["samples"]["first"]["step"] == 0 and summary["samples"]["last"]["step"] == 4

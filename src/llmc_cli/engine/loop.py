@@ -58,6 +58,7 @@ class Loop:
         at the end; checkpoint on the interval, at each epoch end and when a stop is requested."""
         if resume is not None:
             self.state.adopt(resume.state)
+            self.sampler.resumed(self.s.run_dir)
             self.best.load(resume.checkpoint)
             self._continue_from(resume)
             if self.state.recovery.state.gradient_checkpointing and not self.s.gradient_checkpointing:

@@ -92,6 +92,7 @@ class Sampler:
         self.time_s = 0.0
         self.first: SamplesGenerated | None = None
         self.last: SamplesGenerated | None = None
+        self.earlier: dict | None = None  # a resumed run's first sampling, from its metrics.jsonl
 
     @property
     def enabled(self) -> bool:
@@ -112,8 +113,15 @@ class Sampler:
         """The first and last sampling's scores (before and after training, in a fresh run) and the time spent."""
         if self.first is None or self.last is None:
             return None
-        return {"prompts": len(self.prompts), "first": self.first.scores(), "last": self.last.scores(),
+        first = self.earlier or self.first.scores()
+        return {"prompts": len(self.prompts), "first": first, "last": self.last.scores(),
                 "time_s": self.time_s}  # fmt: skip
+
+    def resumed(self, run_dir) -> None:
+        """Keep the run's first sampling (before training) for the summary of a resumed session."""
+        from llmc_cli.engine.record import by_step
+
+        self.earlier = next(iter(by_step(run_dir, "samples").values()), None)
 
     def __call__(self, step: int) -> SamplesGenerated:
         started = time.perf_counter()
