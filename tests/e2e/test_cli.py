@@ -28,7 +28,7 @@ def test_train_gsm8k_done_when(llmc, tmp_path, tiny_model_dir, gsm8k_train):
         "--max-steps",
         "30",
         cwd=tmp_path,
-        env={"LLMC_SAMPLES": "4"},  # the default (the suite turns sampling off elsewhere: tests/conftest.py)
+        env={"LLMC_SAMPLES": "4", "LLMC_SAMPLE_TOKENS": "32"},  # 4: the default, off elsewhere (tests/conftest.py)
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "Traceback" not in result.stderr
