@@ -1,9 +1,10 @@
 """Sample answers on a real model: GSM8K test scores before and after a short llmc run, and what sampling costs.
 
 Trains SmolLM2-135M-Instruct (``../shared/models/get-smollm2.sh DIR``) on GSM8K train with
-``llmc train`` (4 packed rows of 512 tokens a step, ``--steps`` steps) and its default sampling (4 validation prompts, before, at evaluations within 10 %
-of the training time, at the end), then answers the first ``--questions`` GSM8K *test* questions
-greedily (up to ``--tokens`` new tokens, the run's chat template) with the base model and with
+``llmc train`` (4 packed rows of 512 tokens a step, ``--steps`` steps) and its default sampling
+(4 validation prompts, before, at evaluations within 10 % of the training time, at the end),
+then answers the first ``--questions`` GSM8K *test* questions greedily (up to ``--tokens`` new
+tokens, the run's chat template) with the base model and with
 the base plus the run's adapter, and scores them with llmc's answer extraction (``#### N``):
 exact match and format adherence, before -> after. Prints two answers side by side and the wall
 time sampling took as a share of the whole run.
