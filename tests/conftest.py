@@ -34,22 +34,39 @@ TINY_SHAPE = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch, tmp_path_factory):
-    """No LLMC_* or spec variables from the developer's shell, and a private cache."""
+SPEC_VARIABLES = {
+    "ENABLE_MONITORING", "CHECKPOINT_INTERVAL", "MAX_CHECKPOINTS", "ENABLE_EARLY_STOPPING",
+    "EARLY_STOPPING_PATIENCE", "ENABLE_MIXED_PRECISION", "ENABLE_GRADIENT_CHECKPOINTING",
+    "OPTIMIZE_MEMORY", "COMPILE_MODEL", "ENABLE_HYPERPARAMETER_TUNING", "HYPERPARAMETER_TRIALS",
+    "ENABLE_DISTRIBUTED_TRAINING",
+}  # fmt: skip
+
+
+def _isolate(monkeypatch, cache: Path) -> None:
+    """No LLMC_* or spec variables from the developer's shell, a private cache, no hub."""
     for name in list(os.environ):
-        if name.startswith("LLMC_") or name in {
-            "ENABLE_MONITORING", "CHECKPOINT_INTERVAL", "MAX_CHECKPOINTS", "ENABLE_EARLY_STOPPING",
-            "EARLY_STOPPING_PATIENCE", "ENABLE_MIXED_PRECISION", "ENABLE_GRADIENT_CHECKPOINTING",
-            "OPTIMIZE_MEMORY", "COMPILE_MODEL", "ENABLE_HYPERPARAMETER_TUNING", "HYPERPARAMETER_TRIALS",
-            "ENABLE_DISTRIBUTED_TRAINING",
-        }:  # fmt: skip
+        if name.startswith("LLMC_") or name in SPEC_VARIABLES:
             monkeypatch.delenv(name)
-    monkeypatch.setenv("LLMC_CACHE", str(tmp_path_factory.getbasetemp() / "llmc-cache"))
+    monkeypatch.setenv("LLMC_CACHE", str(cache))
     # Sample answers (engine/samples.py: a generation before and after every run) cost seconds a run on
     # these CPUs; the tests about them turn them on (test_samples.py, and the CLI's default path in e2e).
     monkeypatch.setenv("LLMC_SAMPLES", "0")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session_env(tmp_path_factory):
+    """The same isolation for session- and module-scoped fixtures (reference runs, trained
+    fixtures), which pytest sets up before any function-scoped fixture."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _isolate(monkeypatch, tmp_path_factory.getbasetemp() / "llmc-cache")
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path_factory):
+    """Isolation again for each test, undoing whatever the previous test set."""
+    _isolate(monkeypatch, tmp_path_factory.getbasetemp() / "llmc-cache")
 
 
 def wandb_history(run_dir):
