@@ -18,6 +18,7 @@ Weights are random (no checkpoint is read). About half a second; memoised per pr
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from functools import cache
 
 from llmc_cli.optimize.memory import ModelFacts
@@ -26,6 +27,7 @@ from llmc_cli.optimize.throughput import StepWork, step_flops
 PROBE_SECONDS = 0.5
 PROBE_VOCAB = 256  # the probe's head is not what it measures: keep it negligible
 HEAD_DIM = 64
+WEIGHT = 0.01  # every probe weight: no denormals, no NaN
 
 
 def probe_tokens(hidden: int) -> int:
@@ -58,10 +60,23 @@ def measure_layer(hidden: int, precision: str, device: str = "cpu", lora_r: int 
     )
     dtype = DTYPES[precision]
     devices = [torch.cuda.current_device()] if device == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # random weights, ids and dropout: a caller's stream is left alone
-        with torch.device(device):
-            base = LlamaForCausalLM(config).to(dtype)
+    with torch.random.fork_rng(devices=devices):  # random ids and dropout: a caller's stream is left alone
+        with torch.device(device), _no_init():
+            base = LlamaForCausalLM._from_config(config, dtype=dtype)
+        with torch.no_grad():  # dense kernels take as long whatever the values: a constant, not a costly random init
+            for weight in base.parameters():
+                if weight.dim() > 1:
+                    weight.fill_(WEIGHT)
         return _timed(base, config, lora_r, precision, device, seconds)
+
+
+def _no_init():
+    """Transformers' switch that skips weight initialisation (seconds for a 7B-wide layer), where it has one."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers
+        return nullcontext()
+    return no_init_weights()
 
 
 def _timed(base, config, lora_r: int, precision: str, device: str, seconds: float) -> float:
