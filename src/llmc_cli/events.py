@@ -99,7 +99,10 @@ class SamplesGenerated(Event):
     format_adherence: float | None
     scored: int
     duration_s: float
-    samples: list[dict[str, Any]]  # prompt, reference, output, correct
+    samples: list[dict[str, Any]]  # prompt, reference, output, correct, rouge_l
+    rouge_l: float | None = None  # mean ROUGE-L F1 where references are free text (engine/answers.py)
+    chrf: float | None = None  # corpus chrF (0-100) of the same samples
+    text_scored: int = 0  # samples with a free-text reference
 
     def scores(self) -> dict[str, Any]:
         """The event without its texts (what metrics.jsonl and events.jsonl keep)."""

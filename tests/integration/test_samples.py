@@ -70,6 +70,22 @@ def test_plain_text_data_gets_samples_without_scores(tmp_path, tiny_model_dir):
     assert [(r["exact_match"], r["format_adherence"], r["scored"]) for r in scores] == [(None, None, 0)] * 2
 
 
+def test_free_text_references_are_scored_by_rouge_l_and_chrf(tmp_path, tiny_model_dir):
+    data = tmp_path / "answers.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Describe river {i}.", "output": f"River {i} is wide."}) + "\n"
+                            for i in range(30)))  # fmt: skip
+    run = FineTuner(data, model=str(tiny_model_dir), output=tmp_path, samples=2, sample_tokens=4,
+                    max_steps=1, report_to="none").train()  # fmt: skip
+    lines = read_jsonl(run / "samples.jsonl")
+    assert len(lines) == 4 and all(line["reference"].startswith("River") and line["correct"] is None for line in lines)
+    assert all(0 <= line["rouge_l"] <= 1 for line in lines)
+    scores = [r for r in read_jsonl(run / "metrics.jsonl") if r["type"] == "samples"]
+    assert [(r["exact_match"], r["text_scored"]) for r in scores] == [(None, 2)] * 2
+    assert all(0 <= r["rouge_l"] <= 1 and 0 <= r["chrf"] <= 100 for r in scores)
+    summary = json.loads((run / "summary.json").read_text())["samples"]
+    assert summary["first"]["rouge_l"] == scores[0]["rouge_l"] and summary["last"]["chrf"] == scores[1]["chrf"]
+
+
 def test_default_sampling_keeps_to_its_share_of_training_time():
     from types import SimpleNamespace
 

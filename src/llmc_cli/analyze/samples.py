@@ -15,10 +15,12 @@ from typing import Any
 from llmc_cli.durable import parse_jsonl
 from llmc_cli.engine.record import SAMPLES, by_step
 
+SCORE_KEYS = ("step", "exact_match", "format_adherence", "scored", "rouge_l", "chrf", "text_scored", "duration_s")
+
 
 @dataclass(frozen=True)
 class SampleHistory:
-    scores: list[dict[str, Any]]  # per sampling step: step, exact_match, format_adherence, scored
+    scores: list[dict[str, Any]]  # per sampling step: step, exact_match, format_adherence, scored, rouge_l, chrf
     answers: dict[int, list[dict[str, Any]]]  # step -> the samples (prompt, reference, output, correct)
 
     def shown_steps(self) -> list[int]:
@@ -46,7 +48,7 @@ def read_samples(run_dir: Path) -> SampleHistory | None:
     prompts = min((len(lines) for lines in answers.values()), default=0)
     answers = {step: lines[-prompts:] for step, lines in answers.items()}  # a step sampled again: its last try
     return SampleHistory(
-        [{k: r.get(k) for k in ("step", "exact_match", "format_adherence", "scored", "duration_s")} for r in scores],
+        [{k: r.get(k) for k in SCORE_KEYS} for r in scores],
         answers,
     )
 
@@ -58,21 +60,38 @@ def render_samples(console, history: SampleHistory | None, width: int = 100) -> 
         console.print("No sample answers in this run (sampling was off: --samples, or the data has no prompts).")
         return
     scores = Table(title="Sample scores by step")
-    for column in ("step", "exact match", "format", "scored", "seconds"):
+    text = any(r.get("rouge_l") is not None for r in history.scores)
+    answers = any(r.get("scored") for r in history.scores) or not text
+    columns = ["step"] + (["exact match", "format", "scored"] if answers else [])
+    columns += ["ROUGE-L", "chrF", "free text"] if text else []
+    for column in [*columns, "seconds"]:
         scores.add_column(column, justify="right")
     for r in history.scores:
-        em = "-" if r["exact_match"] is None else f"{r['exact_match']:.0%}"
-        fmt = "-" if r["format_adherence"] is None else f"{r['format_adherence']:.0%}"
-        scores.add_row(str(r["step"]), em, fmt, str(r["scored"]), f"{r.get('duration_s') or 0:.1f}")
+        row = [str(r["step"])]
+        if answers:
+            row += [_share(r["exact_match"]), _share(r["format_adherence"]), str(r["scored"])]
+        if text:
+            row += [_number(r.get("rouge_l"), ".2f"), _number(r.get("chrf"), ".1f"), str(r.get("text_scored") or 0)]
+        scores.add_row(*row, f"{r.get('duration_s') or 0:.1f}")
     console.print(scores)
     for step in history.shown_steps():
         table = Table(title=f"Answers at step {step}", show_lines=True)
-        for column in ("prompt", "reference", "answer", "ok"):
+        for column in ("prompt", "reference", "answer", "score"):
             table.add_column(column, overflow="fold")
         for sample in history.answers[step]:
             ok = {True: "yes", False: "no", None: "-"}[sample.get("correct")]
+            if sample.get("rouge_l") is not None:
+                ok = f"ROUGE-L {sample['rouge_l']:.2f}"
             table.add_row(*(_cut(sample.get(k, ""), width) for k in ("prompt", "reference", "output")), ok)
         console.print(table)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def _cut(text: str, width: int) -> str:

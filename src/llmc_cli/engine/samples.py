@@ -129,6 +129,7 @@ class Sampler:
         duration = time.perf_counter() - started
         self.time_s += duration
         scores = score(outputs, [p.reference for p in self.prompts], self.pattern)
+        overlap = scores.overlap or [None] * len(outputs)
         event = SamplesGenerated(
             step=step,
             exact_match=scores.exact_match,
@@ -136,9 +137,12 @@ class Sampler:
             scored=scores.scored,
             duration_s=duration,
             samples=[
-                {"prompt": p.prompt, "reference": p.reference, "output": out, "correct": ok}
-                for p, out, ok in zip(self.prompts, outputs, scores.correct, strict=True)
+                {"prompt": p.prompt, "reference": p.reference, "output": out, "correct": ok, "rouge_l": rouge}
+                for p, out, ok, rouge in zip(self.prompts, outputs, scores.correct, overlap, strict=True)
             ],
+            rouge_l=scores.rouge_l,
+            chrf=scores.chrf,
+            text_scored=scores.text_scored,
         )
         if self.first is None:
             self.first = event

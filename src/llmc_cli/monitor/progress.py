@@ -55,11 +55,13 @@ def describe_eval(event: EvalEnded) -> str:
 
 def describe_samples(event: SamplesGenerated, width: int = 100) -> str:
     """Scores and the first sample answer, on one line cut to about ``width`` characters of answer."""
+    parts = []
     if event.exact_match is not None:
         right = round(event.exact_match * event.scored)
-        scores = f"exact match {right}/{event.scored}  format {event.format_adherence:.0%}"
-    else:
-        scores = f"{len(event.samples)} answers (references carry no final answer to score)"
+        parts.append(f"exact match {right}/{event.scored}  format {event.format_adherence:.0%}")
+    if event.rouge_l is not None:
+        parts.append(f"ROUGE-L {event.rouge_l:.2f}  chrF {event.chrf:.1f} ({event.text_scored} free-text)")
+    scores = "  ".join(parts) or f"{len(event.samples)} answers (no references to score against)"
     first = " ".join(event.samples[0]["output"].split()) if event.samples else ""
     if len(first) > width:
         first = first[: width - 1] + "…"

@@ -55,6 +55,9 @@ def scalars(event: Event) -> dict[str, float] | None:
         if event.exact_match is not None:
             values["samples/exact_match"] = event.exact_match
             values["samples/format_adherence"] = event.format_adherence
+        if event.rouge_l is not None:
+            values["samples/rouge_l"] = event.rouge_l
+            values["samples/chrf"] = event.chrf
         return values
     return None
 

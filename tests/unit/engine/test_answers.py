@@ -1,5 +1,7 @@
 """Scoring sample answers: final-answer extraction for GSM8K-style, multiple-choice and free-text references."""
 
+import pytest
+
 from llmc_cli.config.schema import RunConfig
 from llmc_cli.engine.answers import final_answer, score
 from llmc_cli.engine.samples import fit_prompt
@@ -22,11 +24,21 @@ def test_multiple_choice_references_with_their_own_pattern():
     assert scores.correct == [True, False, False] and scores.format_adherence == 2 / 3
 
 
-def test_free_text_references_are_not_scored():
-    scores = score(["Paris is the capital."], ["The capital of France is Paris."], GSM8K)
-    assert scores.exact_match is None and scores.format_adherence is None and scores.correct == [None]
-    mixed = score(["#### 4", "hello"], ["#### 4", "free text"], GSM8K)  # only the references with an answer
+def test_free_text_references_get_rouge_l_and_chrf_and_no_answer_scores():
+    scores = score(["the cat on the mat", "Paris"], ["the cat sat on the mat", "Paris"], GSM8K)
+    assert scores.exact_match is None and scores.format_adherence is None and scores.correct == [None, None]
+    # ROUGE-L: LCS 5 of 5 output and 6 reference words -> F1 = 2 * 1 * 5/6 / (1 + 5/6) = 10/11; identical: 1
+    assert scores.overlap == [pytest.approx(10 / 11), 1.0] and scores.rouge_l == pytest.approx((10 / 11 + 1) / 2)
+    assert scores.text_scored == 2 and 50 < scores.chrf < 100
+    assert score(["Paris"], ["Paris"], GSM8K).chrf == pytest.approx(100)
+    assert score(["zzz qqq"], ["Paris"], GSM8K).chrf == pytest.approx(0) == score(["zzz"], ["Paris"], GSM8K).rouge_l
+    mixed = score(["#### 4", "hello"], ["#### 4", "free text"], GSM8K)  # each reference by its own kind
     assert mixed.scored == 1 and mixed.exact_match == 1.0 and mixed.correct == [True, None]
+    assert mixed.text_scored == 1 and mixed.overlap == [None, 0.0]
+    gsm = score(["#### 4"], ["#### 4"], GSM8K)
+    assert gsm.rouge_l is None and gsm.chrf is None and gsm.text_scored == 0
+    plain = score(["anything"], [""], GSM8K)  # plain-text runs: no reference, no score
+    assert plain.rouge_l is None and plain.exact_match is None and plain.correct == [None]
 
 
 def test_a_prompt_longer_than_the_context_keeps_its_end():

@@ -22,8 +22,10 @@ def test_the_latest_sample_answer_is_shown_on_one_line_with_its_scores():
     line = describe_samples(event, width=60)
     assert line.startswith("samples step     12  exact match 2/4  format 75%  (1.2 s)  first: Natalia sold 48")
     assert "\n" not in line and line.endswith("…") and len(line.split("first: ")[1]) == 60
-    free = SamplesGenerated(3, None, None, 0, 0.5, [{"prompt": "p", "reference": "r", "output": ""}])
-    assert "references carry no final answer" in describe_samples(free) and "(empty)" in describe_samples(free)
+    plain = SamplesGenerated(3, None, None, 0, 0.5, [{"prompt": "p", "reference": "", "output": ""}])
+    assert "no references to score against" in describe_samples(plain) and "(empty)" in describe_samples(plain)
+    free = SamplesGenerated(3, None, None, 0, 0.5, [{"prompt": "p", "reference": "r", "output": "o"}], 0.25, 31.0, 1)
+    assert "  ROUGE-L 0.25  chrF 31.0 (1 free-text)  (0.5 s)" in describe_samples(free)
 
     console = Console(width=140, record=True, force_terminal=False)
     board = Dashboard(console)
