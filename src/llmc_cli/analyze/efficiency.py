@@ -8,6 +8,8 @@ import statistics
 
 from llmc_cli.analyze.findings import Finding, Section, clamp
 
+WORTH_S = 60.0  # a run shorter than this (train + eval + saving) gets no finding about where its time went
+
 
 def analyze_efficiency(records) -> Section:
     section = Section("efficiency", "", [], {})
@@ -35,13 +37,14 @@ def analyze_efficiency(records) -> Section:
             f"time: {split['train']:.0%} training, {split['eval']:.0%} evaluating, {split['checkpoint']:.0%} saving"
         )
         every = _eval_every(records)
-        if split["eval"] > 0.3 and every:
+        long_enough = total >= WORTH_S  # seconds of a toy run split any way are nothing to fix
+        if split["eval"] > 0.3 and every and long_enough:
             section.findings.append(Finding(
                 "slow_throughput", f"{split['eval']:.0%} of the time went to evaluation",
                 f"{eval_s:.0f} s evaluating against {train_s:.0f} s training, every {every} steps",
                 f"--eval-every {every * 3}", clamp(split["eval"] / 0.5)))  # fmt: skip
         interval = config.get("checkpoint_interval")
-        if split["checkpoint"] > 0.15 and interval:
+        if split["checkpoint"] > 0.15 and interval and long_enough:
             section.findings.append(Finding(
                 "slow_throughput", f"{split['checkpoint']:.0%} of the time went to saving checkpoints",
                 f"{saved_s:.0f} s saving every {interval} steps", f"--checkpoint-interval {interval * 3}",

@@ -210,3 +210,16 @@ def test_model_flops_are_set_against_the_peak_the_run_measured(tmp_path, make_ru
     assert section.figures["model_flops_per_s"] == 2e11 and section.figures["model_flops_share_of_peak"] == 0.25
     assert any("25% of this machine's measured matmul peak (800 GFLOP/s)" in line for line in section.evidence)
     assert "model_flops_share_of_peak" not in next(s for s in plain.sections if s.name == "efficiency").figures
+
+
+def test_evaluation_and_saving_time_is_raised_only_where_the_run_was_long_enough_to_matter(tmp_path, make_run):
+    evals = [(0, 2.0)] + [(s, 1.25 + 0.7 * math.exp(-s / 25)) for s in range(10, 101, 10)]
+
+    def slow(name, train_s, eval_s, saved_s):
+        times = {"train_time_s": train_s, "eval_time_s": eval_s, "checkpoint_time_s": saved_s}
+        run = analyze_run(make_run(tmp_path / name, decay(100), evals, summary=times))
+        return next(s for s in run.sections if s.name == "efficiency").findings
+
+    long = slow("long", 200.0, 150.0, 80.0)  # 35 % evaluating, 19 % saving
+    assert [f.fix for f in long] == ["--eval-every 30", "--checkpoint-interval 300"]
+    assert slow("toy", 0.4, 0.3, 0.2) == []  # the same shares of under a second
