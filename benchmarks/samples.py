@@ -6,7 +6,8 @@ Trains SmolLM2-135M-Instruct (``../shared/models/get-smollm2.sh DIR``) on GSM8K 
 then answers the first ``--questions`` GSM8K *test* questions greedily (up to ``--tokens`` new
 tokens, the run's chat template) with the base model and with
 the base plus the run's adapter, and scores them with llmc's answer extraction (``#### N``):
-exact match and format adherence, before -> after. Prints two answers side by side and the wall
+exact match and format adherence, before -> after, and, reading the references as free text,
+ROUGE-L and chrF of the whole worked solution (rouge-score, sacrebleu). Prints two answers side by side and the wall
 time sampling took as a share of the whole run.
 
     python benchmarks/samples.py --smollm2 /work/smollm2 [--steps 60] [--questions 100] [--json F]
@@ -25,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LLMC = [sys.executable, "-m", "llmc_cli.cli.app"]
+NEVER = r"(?!)()"  # an answer pattern that finds nothing: every reference is free text
 
 
 def answer(model_dir: Path, adapter: Path | None, tokenizer_dir: Path, questions: list[str], tokens: int):
@@ -81,6 +83,9 @@ def main() -> None:
     before, before_s = answer(args.smollm2, None, run_dir / "final", questions, args.tokens)
     after, after_s = answer(args.smollm2, run_dir / "final", run_dir / "final", questions, args.tokens)
     scored = {name: score(outputs, references, pattern) for name, outputs in (("before", before), ("after", after))}
+    # The same answers with the references read as free text (a pattern that never matches): ROUGE-L and chrF
+    # of the whole worked solution against the reference's.
+    text = {name: score(outputs, references, NEVER) for name, outputs in (("before", before), ("after", after))}
     result = {
         "model": str(args.smollm2),
         "steps": summary["steps"],
@@ -94,6 +99,8 @@ def main() -> None:
         "test_questions": len(questions),
         "test_exact_match": {k: v.exact_match for k, v in scored.items()},
         "test_format_adherence": {k: v.format_adherence for k, v in scored.items()},
+        "test_rouge_l_as_free_text": {k: round(v.rouge_l, 4) for k, v in text.items()},
+        "test_chrf_as_free_text": {k: round(v.chrf, 2) for k, v in text.items()},
         "generation_s": {"before": round(before_s, 1), "after": round(after_s, 1)},
         "side_by_side": [
             {"question": questions[i], "reference": references[i], "before": before[i], "after": after[i]}
