@@ -377,10 +377,15 @@ def test_dry_run_plans_steps_and_checkpoint_size_that_a_real_run_matches(llmc, t
     # the prepared data's own token counts: below the upper bound of full rows that are all targets
     assert "prepared data" in plan["time"]["basis"] and 0 < plan["time"]["step_flops"] < before["time"]["step_flops"]
     assert plan["time"]["total_s"] == pytest.approx(plan["time"]["per_step_s"] * plan["steps"]["total_steps"])
-    text = llmc("train", *args, "--dry-run", cwd=tmp_path)
-    assert "Configuration (each value and the layer that set it)" in text.stdout and "trainable" in text.stdout
-    assert "estimated peak" in text.stdout and "Why (the rule behind each chosen value" in text.stdout
-    assert "s a step" in text.stdout
+    from rich.console import Console
+
+    from llmc_cli.cli.train import show_plan
+
+    console = Console(width=200, record=True, force_terminal=False)
+    show_plan(console, plan, as_json=False)  # the tables `--dry-run` prints, from the same plan
+    text = console.export_text()
+    assert "Configuration (each value and the layer that set it)" in text and "trainable" in text
+    assert "estimated peak" in text and "Why (the rule behind each chosen value" in text and "s a step" in text
     result = llmc("train", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "runs" / "run-1"
