@@ -103,6 +103,7 @@ def family_epoch_seconds(family: str, preset: str, checkpointing: bool, precisio
     """Seconds an epoch of a family's model (not downloaded) would take on this data: the dry run's step-time
     formula (optimize/throughput.py) with the family's shape from the shipped traces (optimize/families.py),
     and the token counts of ``sample``, a local model's plan of the same data (its tokenizer stands in)."""
+    from llmc_cli.config.presets import load_presets
     from llmc_cli.optimize.families import load_table
     from llmc_cli.optimize.layerprobe import layer_speed
     from llmc_cli.optimize.memory import ModelFacts
@@ -116,7 +117,8 @@ def family_epoch_seconds(family: str, preset: str, checkpointing: bool, precisio
     examples = sample.train_records
     work = StepWork(examples, examples * sample.mean_tokens, examples * (sample.mean_targets or 0.0),
                     sample.mean_tokens / 2, checkpointing)  # fmt: skip
-    speed = layer_speed(facts.hidden_size, precision, device)
+    rank = int(load_presets().layer(family, preset, None)[1].get("lora_r", 16))
+    speed = layer_speed(facts.hidden_size, precision, device, rank)  # probed at the preset's LoRA rank
     return predict(facts, work, speed, efficiency, None, "an epoch").per_step_s
 
 

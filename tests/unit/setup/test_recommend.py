@@ -69,3 +69,15 @@ def test_the_real_estimator_steps_down_from_bestaccuracy_on_a_small_machine(tiny
     fits = {o.preset: o.fits for o in options}
     assert fits == {"highspeed": True, "quality": True, "bestaccuracy": False}, [o.to_dict() for o in options]
     assert recommend_preset(options, bucket_of(options[0].train_records)).choice == "quality"
+
+
+def test_a_family_s_epoch_is_probed_at_its_preset_s_lora_rank(monkeypatch):
+    import llmc_cli.optimize.layerprobe as layerprobe
+    from llmc_cli.setup.assess import family_epoch_seconds
+
+    probed = []
+    monkeypatch.setattr(layerprobe, "layer_speed", lambda hidden, precision, device, rank: probed.append(rank) or 1e11)
+    sample = Option("quality", "m", train_records=100, mean_tokens=200.0, mean_targets=80.0)
+    presets = ("highspeed", "bestaccuracy")
+    seconds = {p: family_epoch_seconds("mistral", p, False, "bf16", "cpu", sample) for p in presets}
+    assert probed == [8, 64] and 0 < seconds["highspeed"] < seconds["bestaccuracy"]
